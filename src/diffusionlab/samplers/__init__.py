@@ -1,0 +1,96 @@
+"""Samplers: every one is a function ``sampler(denoiser, process, x_T, grid, *, generator, callback, **options)``
+that takes the state from grid[0] to grid[−1]; ``sample`` is the one entry point users call.
+
+| name                  | method                                                  | NFE for ``steps=K``        |
+|-----------------------|---------------------------------------------------------|----------------------------|
+| ``ancestral``         | posterior q(x_s|x_t, x̂₀) sampling (Ho et al. Alg. 2)    | K                          |
+| ``ddim``              | DDIM, η = 0 deterministic / η > 0 stochastic            | K                          |
+| ``euler_maruyama``    | reverse SDE, Euler–Maruyama (lecture §5)                | K                          |
+| ``predictor_corrector`` | EM predictor + Langevin corrector (Song et al. Alg. 1) | (K − 1)(1 + corrector_steps) + 1 |
+| ``ode_euler``         | probability-flow ODE, Euler                             | K                          |
+| ``ode_heun``          | probability-flow ODE, Heun (2nd order)                  | 2K − 1                     |
+| ``ode_rk45``          | probability-flow ODE, adaptive Dormand–Prince 5(4)      | adaptive (``rtol``/``atol``) |
+
+The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``sample`` makes by default.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .._tensor import as_time
+from ..errors import UserError
+from ..grids import time_grid
+from ..parametrization import Denoiser
+from .ancestral import ancestral, ddim
+from .ode import ode_euler, ode_heun, ode_rk45
+from .sde import euler_maruyama, predictor_corrector
+
+SAMPLERS: dict[str, Callable] = {
+    "ancestral": ancestral,
+    "ddim": ddim,
+    "euler_maruyama": euler_maruyama,
+    "predictor_corrector": predictor_corrector,
+    "ode_euler": ode_euler,
+    "ode_heun": ode_heun,
+    "ode_rk45": ode_rk45,
+}
+
+
+def samplers() -> list[str]:
+    """The names ``sample`` accepts."""
+    return list(SAMPLERS)
+
+
+def get_sampler(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+@torch.no_grad()
+def sample(model, process, sampler: str = "ancestral", steps: int | None = None, shape=None, *,
+           prediction: str = "eps", generator: torch.Generator | None = None, x_T: Tensor | None = None,
+           callback: Callable | None = None, grid: Tensor | str = "uniform", denoise: bool = True,
+           dtype=torch.float32, device=None, return_nfe: bool = False, **options):
+    """Draw samples at t = 0 (the data) from ``model`` on ``process``.
+
+    model       any callable ``model(x, t) -> prediction`` (t of shape (n,)); it is called in x_T's dtype
+    sampler     a name from ``samplers()``; ``options`` go to it (``variance``, ``eta``, ``snr``, ``rtol`` …)
+    steps       number of grid points K (default: the process's, T for DDPM)
+    shape       (n, …) of the samples, when ``x_T`` is not given
+    prediction  what the model predicts: ``eps``, ``x0``, ``v`` or ``score``
+    x_T         the starting noise (else drawn from the prior with ``generator``)
+    callback    ``callback(k, t, x)`` with k = 0 at x_T, after every step, and at the end with t = 0
+    grid        a grid kind (``uniform``, ``quadratic``, ``logsnr``, ``karras``) or an explicit decreasing
+                tensor of times
+    denoise     finish with x̂₀ = E[x₀ | x_{t_min}] (one model call), as the t = 1 step of DDPM does
+    return_nfe  also return the number of model evaluations
+    """
+    step_fn = get_sampler(sampler)
+    if x_T is None:
+        if shape is None:
+            raise UserError("give either shape=(n, ...) or the starting noise x_T")
+        x_T = process.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
+    if isinstance(grid, str):
+        grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
+    else:
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+        if grid.ndim != 1 or len(grid) < 1 or (len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
+            raise UserError("an explicit grid must be a 1-D tensor of strictly decreasing times")
+    denoiser = Denoiser(model, process, prediction)
+    if callback is not None:
+        callback(0, grid[0], x_T)
+    x = step_fn(denoiser, process, x_T, grid, generator=generator, callback=callback, **options)
+    if denoise:
+        x = denoiser(x, as_time(grid[-1], x.shape[0], like=x)).x0
+        if callback is not None:
+            callback(len(grid), torch.zeros((), dtype=torch.float64), x)
+    return (x, denoiser.nfe) if return_nfe else x
+
+
+__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "ancestral", "ddim", "euler_maruyama",
+           "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45"]

@@ -1,0 +1,108 @@
+"""The discrete DDPM chain (Ho et al. 2020; lecture §1–3), as a process on t ∈ [0, 1].
+
+Step i of T lives at time t_i = i/T. On that grid α(t_i) = sqrt(ᾱ_i) and σ(t_i) = sqrt(1 − ᾱ_i). Between
+grid points log ᾱ is interpolated linearly in t, which makes the chain *exactly* a variance-preserving SDE
+with piecewise-constant β(t) = −T·log(1 − β_i) on ((i−1)/T, i/T] ≈ T·β_i (the continuous-time view of
+lecture §6; the two differ by O(β_i²)). So continuous samplers run on a DDPM model without special cases,
+and ancestral sampling on the full grid is exactly the lecture's algorithm.
+
+The lecture's formulas, stated on the β schedule itself, are the functions ``forward_step``,
+``forward_marginal`` and ``posterior_mean_var`` below; the generic process methods reproduce them (tested).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .base import Process
+from .schedules import make_betas
+
+
+def forward_step(x_prev: Tensor, beta_t) -> tuple[Tensor, Tensor]:
+    """q(x_t | x_{t−1}) = N(x_t; sqrt(1 − β_t) x_{t−1}, β_t I): (mean, variance). Lecture §1."""
+    beta_t = torch.as_tensor(beta_t, dtype=x_prev.dtype)
+    return torch.sqrt(1 - beta_t) * x_prev, beta_t
+
+
+def forward_marginal(x0: Tensor, alpha_bar_t) -> tuple[Tensor, Tensor]:
+    """q(x_t | x_0) = N(x_t; sqrt(ᾱ_t) x_0, (1 − ᾱ_t) I): (mean, variance). Lecture §1, closed form."""
+    alpha_bar_t = torch.as_tensor(alpha_bar_t, dtype=x0.dtype)
+    return torch.sqrt(alpha_bar_t) * x0, 1 - alpha_bar_t
+
+
+def posterior_mean_var(x_t: Tensor, x0: Tensor, beta_t, alpha_bar_t, alpha_bar_prev) -> tuple[Tensor, Tensor]:
+    """q(x_{t−1} | x_t, x_0) = N(μ̃_t, β̃_t I) (lecture §3; Ho et al. eq. 6–7):
+
+        μ̃_t = sqrt(ᾱ_{t−1}) β_t/(1 − ᾱ_t) · x_0 + sqrt(α_t)(1 − ᾱ_{t−1})/(1 − ᾱ_t) · x_t,
+        β̃_t = (1 − ᾱ_{t−1}) β_t / (1 − ᾱ_t),   with α_t = 1 − β_t.
+    """
+    beta_t, alpha_bar_t, alpha_bar_prev = (torch.as_tensor(v, dtype=x0.dtype)
+                                           for v in (beta_t, alpha_bar_t, alpha_bar_prev))
+    mean = (torch.sqrt(alpha_bar_prev) * beta_t / (1 - alpha_bar_t)) * x0 + (
+        torch.sqrt(1 - beta_t) * (1 - alpha_bar_prev) / (1 - alpha_bar_t)) * x_t
+    return mean, (1 - alpha_bar_prev) * beta_t / (1 - alpha_bar_t)
+
+
+class DDPM(Process):
+    """DDPM with T steps and a β schedule (``linear``: 1e-4 → 0.02, Ho et al.; ``cosine``: Nichol & Dhariwal).
+
+    Attributes ``betas`` (β_1…β_T), ``alphas`` (α_t = 1 − β_t) and ``alpha_bars`` (ᾱ_0 = 1, ᾱ_1 … ᾱ_T) are
+    float64 tensors; ``alpha_bars[i]`` belongs to time i/T.
+    """
+
+    discrete = True
+
+    def __init__(self, T: int = 1000, schedule: str = "linear", **schedule_kwargs):
+        self.T = int(T)
+        self.schedule = schedule
+        self.schedule_kwargs = dict(schedule_kwargs)
+        self.betas = make_betas(schedule, self.T, **schedule_kwargs)
+        self.alphas = 1 - self.betas
+        self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log(self.alphas), 0)])
+        self.alpha_bars = torch.exp(self._log_alpha_bar)
+        self.t_min = 1.0 / self.T
+        self.t_max = 1.0
+
+    def config(self) -> dict:
+        return {"process": "ddpm", "T": self.T, "schedule": self.schedule, **self.schedule_kwargs}
+
+    def _log_alpha_bar_at(self, t: Tensor) -> Tensor:
+        """log ᾱ(t), linear in t between grid points."""
+        table = self._log_alpha_bar.to(device=t.device, dtype=t.dtype)
+        u = (t * self.T).clamp(0, self.T)
+        i0 = u.floor().clamp(max=self.T - 1).long()
+        frac = u - i0
+        return table[i0] + frac * (table[i0 + 1] - table[i0])
+
+    def _interval_slope(self, t: Tensor) -> Tensor:
+        """d log ᾱ/dt = T·log(1 − β_i) on the interval ((i−1)/T, i/T] that ends at or after t.
+
+        A grid time i/T belongs to interval i, the one a reverse-time step from i/T crosses. The small
+        tolerance keeps float round-off in t·T from selecting the next interval.
+        """
+        i = torch.ceil(t * self.T - 1e-6).clamp(1, self.T).long()
+        return self.T * torch.log(self.alphas.to(device=t.device, dtype=t.dtype))[i - 1]
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(0.5 * self._log_alpha_bar_at(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(self._log_alpha_bar_at(t)))
+
+    def d_log_alpha(self, t: Tensor) -> Tensor:
+        return 0.5 * self._interval_slope(t)
+
+    def d_sigma2(self, t: Tensor) -> Tensor:
+        return -torch.exp(self._log_alpha_bar_at(t)) * self._interval_slope(t)
+
+    def snap(self, t: Tensor) -> Tensor:
+        """Round to the grid i/T, i ∈ {1, …, T}: the times a DDPM model was trained on."""
+        return torch.round(t * self.T).clamp(1, self.T) / self.T
+
+    def default_steps(self) -> int:
+        return self.T
+
+    def index(self, t: Tensor) -> Tensor:
+        """The integer step i = round(t·T) of grid times (for diffusers' integer timesteps)."""
+        return torch.round(torch.as_tensor(t) * self.T).long()

@@ -1,0 +1,93 @@
+"""Continuous-time processes of Song et al. 2021 (*Score-Based Generative Modeling through SDEs*, §3.4):
+the variance-preserving (VP) SDE — continuous DDPM, lecture §6 — its sub-VP sibling, and the
+variance-exploding (VE) SDE. Each gives α(t), σ(t) and their derivatives in closed form; drift,
+diffusion, reverse SDE and probability-flow ODE are derived from them in ``Process`` and ``reverse``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .base import Process
+
+
+class VPSDE(Process):
+    """dx = −½ β(t) x dt + sqrt(β(t)) dW with β(t) = β_min + t (β_max − β_min) (lecture §6).
+
+    log α(t) = −¼ t² (β_max − β_min) − ½ t β_min,  σ(t)² = 1 − α(t)².
+    With the defaults (0.1, 20) it is the T → ∞ limit of DDPM's linear schedule 1e-4 → 0.02 at T = 1000
+    (β_i = β(i/T)/T). Sampling stops at t_min = 1e-3, as in Song et al.
+    """
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
+        self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
+
+    def config(self) -> dict:
+        return {"process": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
+
+    def beta(self, t: Tensor) -> Tensor:
+        """β(t) = β_min + t (β_max − β_min)."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_alpha(self, t: Tensor) -> Tensor:
+        """log α(t) = −½ ∫₀ᵗ β(s) ds."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.exp(self.log_alpha(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return torch.sqrt(-torch.expm1(2 * self.log_alpha(t)))
+
+    def d_log_alpha(self, t: Tensor) -> Tensor:
+        return -0.5 * self.beta(t)
+
+    def d_sigma2(self, t: Tensor) -> Tensor:
+        # σ² = 1 − α²  ⇒  dσ²/dt = −2 α² d log α/dt = α² β(t); then g² = β(t) as in the lecture.
+        return torch.exp(2 * self.log_alpha(t)) * self.beta(t)
+
+
+class SubVPSDE(VPSDE):
+    """The sub-VP SDE: same α(t) as VP, σ(t) = 1 − α(t)² (Song et al. 2021, eq. 29).
+
+    g(t)² = β(t) (1 − α(t)⁴), always below the VP diffusion — hence "sub".
+    """
+
+    def config(self) -> dict:
+        return {**super().config(), "process": "subvp"}
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return -torch.expm1(2 * self.log_alpha(t))
+
+    def d_sigma2(self, t: Tensor) -> Tensor:
+        # σ = 1 − α²  ⇒  dσ/dt = α² β(t),  dσ²/dt = 2 σ α² β(t).
+        return 2 * self.sigma(t) * torch.exp(2 * self.log_alpha(t)) * self.beta(t)
+
+
+class VESDE(Process):
+    """dx = sqrt(dσ²/dt) dW with α = 1 and σ(t) = σ_min (σ_max/σ_min)^t (Song et al. 2021, eq. 30).
+
+    g(t)² = 2 σ(t)² log(σ_max/σ_min); the prior is N(0, σ_max² I); sampling stops at t_min = 1e-5.
+    """
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5):
+        self.sigma_min, self.sigma_max, self.t_min = float(sigma_min), float(sigma_max), float(t_min)
+        self.prior_std = self.sigma_max
+
+    def config(self) -> dict:
+        return {"process": "ve", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "t_min": self.t_min}
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return torch.ones_like(torch.as_tensor(t))
+
+    def sigma(self, t: Tensor) -> Tensor:
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def d_log_alpha(self, t: Tensor) -> Tensor:
+        return torch.zeros_like(torch.as_tensor(t))
+
+    def d_sigma2(self, t: Tensor) -> Tensor:
+        return 2 * self.sigma(t) ** 2 * math.log(self.sigma_max / self.sigma_min)

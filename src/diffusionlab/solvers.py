@@ -1,0 +1,99 @@
+"""Generic ODE solvers (lecture §4): explicit Euler, and adaptive Dormand–Prince 5(4) with error control.
+
+They integrate dy/dt = fun(t, y) for a tensor state y from t0 to t1 (t1 < t0 is allowed: time runs
+backwards). The adaptive solver follows Hairer, Nørsett & Wanner, *Solving ODEs I*, §II.4–5 (the same
+tableau and error norm as scipy's ``solve_ivp(method="RK45")``, against which it is tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+# Dormand–Prince 5(4) tableau (Dormand & Prince 1980).
+_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+# 5th-order minus embedded 4th-order weights: the local error estimate.
+_E = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+
+
+def euler_step(fun: Callable[[float, Tensor], Tensor], t: float, y: Tensor, h: float) -> Tensor:
+    """One explicit Euler step y(t + h) ≈ y + h·fun(t, y) (lecture §4; local error O(h²))."""
+    return y + h * fun(t, y)
+
+
+@dataclass
+class ODESolution:
+    y: Tensor
+    nfe: int
+    steps: int
+    rejected: int
+
+
+def _rms(x: Tensor) -> Tensor:
+    return x.pow(2).mean().sqrt()
+
+
+def _initial_step(fun, t0, y0, f0, direction, rtol, atol) -> float:
+    """Starting step size of Hairer et al. (II.4, algorithm on p. 169), as in scipy."""
+    scale = atol + y0.abs() * rtol
+    d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
+    y1 = y0 + direction * h0 * f0
+    f1 = fun(t0 + direction * h0, y1)
+    d2 = float(_rms((f1 - f0) / scale)) / h0
+    h1 = max(1e-6, h0 * 1e-3) if max(float(d1), d2) <= 1e-15 else (0.01 / max(float(d1), d2)) ** (1 / 5)
+    return min(100 * h0, h1)
+
+
+def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Tensor, *, rtol: float = 1e-5,
+           atol: float = 1e-5, max_steps: int = 100_000, on_step: Callable[[float, Tensor], None] | None = None
+           ) -> ODESolution:
+    """Integrate dy/dt = fun(t, y) from t0 to t1 with adaptive Dormand–Prince 5(4).
+
+    A step is accepted when the RMS of err/(atol + rtol·max(|y|, |y_new|)) is ≤ 1; the next step is
+    h·min(10, max(0.2, 0.9·err^(−1/5))). The first-same-as-last property makes each accepted step cost 6
+    evaluations. ``on_step(t, y)`` is called after each accepted step.
+    """
+    direction = 1.0 if t1 >= t0 else -1.0
+    t, y = float(t0), y0
+    f = fun(t, y)
+    nfe, steps, rejected = 1, 0, 0
+    h = _initial_step(fun, t, y, f, direction, rtol, atol)
+    nfe += 1
+    while direction * (t1 - t) > 1e-12 * max(1.0, abs(t1)):
+        if steps + rejected >= max_steps:
+            raise RuntimeError(f"dopri5: more than {max_steps} steps between t={t0} and t={t1}")
+        h = min(h, abs(t1 - t))
+        dh = direction * h
+        k = [f]
+        for i in range(1, 6):
+            k.append(fun(t + dh * _C[i], y + dh * sum(a * kj for a, kj in zip(_A[i], k) if a != 0.0)))
+        y_new = y + dh * sum(b * kj for b, kj in zip(_A[6], k) if b != 0.0)
+        k.append(fun(t + dh, y_new))  # first-same-as-last: this is f at the next step's start
+        nfe += 6
+        err = dh * sum(e * kj for e, kj in zip(_E, k) if e != 0.0)
+        scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
+        err_norm = float(_rms(err / scale))
+        if err_norm <= 1.0:
+            t, y, f = t + dh, y_new, k[6]
+            steps += 1
+            if on_step is not None:
+                on_step(t, y)
+            factor = 10.0 if err_norm == 0 else min(10.0, max(0.2, 0.9 * err_norm ** -0.2))
+        else:
+            rejected += 1
+            factor = max(0.2, 0.9 * err_norm ** -0.2)
+        h *= factor
+    return ODESolution(y=y, nfe=nfe, steps=steps, rejected=rejected)
