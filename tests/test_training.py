@@ -1,0 +1,461 @@
+"""Tests of the training infrastructure: checkpoints, EMA and the trainer (resume, errors, logs, DDP).
+
+Everything uses a tiny ``nn.Linear`` and a quadratic loss on random data, so the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import diffusionlab
+from diffusionlab.errors import UserError
+from diffusionlab.training import (
+    EMA,
+    TrainConfig,
+    checkpoint_exists,
+    ema_decay,
+    linear_warmup_lr,
+    load_checkpoint,
+    save_checkpoint,
+    train,
+)
+from diffusionlab.training import checkpoint as checkpoint_module
+
+DIM = 4
+DATA = torch.randn(64, DIM, generator=torch.Generator().manual_seed(1))
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def make_model(seed: int = 0) -> torch.nn.Linear:
+    """A Linear layer initialised from its own generator, so tests never depend on the global RNG."""
+    model = torch.nn.Linear(DIM, DIM)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=generator))
+    return model
+
+
+def quadratic_loss(model, batch, generator):
+    """Denoise a slightly noised input back to itself: uses the generator, so resume must restore it."""
+    noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator, device=batch.device)
+    return ((model(noisy) - batch) ** 2).mean(dim=1)
+
+
+def make_config(**overrides) -> TrainConfig:
+    settings = dict(steps=20, batch_size=12, lr=1e-2, warmup_steps=3, ema_decay=0.75, checkpoint_every=5,
+                    log_every=2, seed=0, num_threads=1, device="cpu")
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def run(run_dir, *, model=None, loss_fn=quadratic_loss, resume=False, on_checkpoint=None, **overrides):
+    model = make_model() if model is None else model
+    result = train(model, loss_fn, DATA, make_config(**overrides), run_dir, run_config={"model": "linear", "dim": DIM},
+                   resume=resume, progress=False, on_checkpoint=on_checkpoint)
+    return model, result
+
+
+def trained_state(seed: int = 0):
+    """A model, EMA and AdamW after two real updates, so every kind of state is non-trivial."""
+    model = make_model(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    ema = EMA(model, decay=0.9)
+    for step in range(2):
+        optimizer.zero_grad()
+        model(DATA).pow(2).sum().backward()
+        optimizer.step()
+        ema.update(model, step)
+    return model, ema, optimizer
+
+
+def save_state(run_dir, model, ema=None, optimizer=None, step=2):
+    save_checkpoint(run_dir, model=model, ema=ema, optimizer=optimizer, step=step, config={"dim": DIM},
+                    rng_states={"data": torch.Generator().manual_seed(3).get_state()}, extra={"note": "x"})
+
+
+def assert_states_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def assert_optimizer_states_equal(a: dict, b: dict) -> None:
+    assert a["param_groups"] == b["param_groups"]
+    assert a["state"].keys() == b["state"].keys()
+    for param_id in a["state"]:
+        assert_states_equal(a["state"][param_id], b["state"][param_id])
+
+
+def user_error_message(excinfo) -> str:
+    message = str(excinfo.value)
+    assert "\n" not in message, "UserError messages must be one line"
+    return message
+
+
+def read_log(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+
+
+def test_checkpoint_round_trip_is_bitwise(tmp_path):
+    model, ema, optimizer = trained_state()
+    save_state(tmp_path, model, ema, optimizer, step=2)
+
+    loaded = load_checkpoint(tmp_path)
+
+    assert checkpoint_exists(tmp_path)
+    assert loaded.step == 2 and loaded.config == {"dim": DIM} and loaded.extra == {"note": "x"}
+    assert_states_equal(loaded.model_state, model.state_dict())
+    assert_states_equal(loaded.ema_state, ema.state_dict())
+    assert_optimizer_states_equal(loaded.optimizer_state, optimizer.state_dict())
+    assert torch.equal(loaded.rng_states["data"], torch.Generator().manual_seed(3).get_state())
+    fresh = torch.optim.AdamW(make_model(1).parameters(), lr=1e-2)
+    fresh.load_state_dict(loaded.optimizer_state)
+    assert_optimizer_states_equal(fresh.state_dict(), optimizer.state_dict())
+    assert b"pickle" not in (tmp_path / "checkpoint.safetensors").read_bytes()[:64]
+
+
+def test_checkpoint_without_ema_and_optimizer(tmp_path):
+    save_checkpoint(tmp_path, model=make_model(), step=0, config={})
+    loaded = load_checkpoint(tmp_path)
+    assert loaded.ema_state is None and loaded.optimizer_state is None and loaded.rng_states == {}
+
+
+@pytest.mark.parametrize("where, expected", [("missing", "does not exist"), ("empty", "no checkpoint")])
+def test_load_without_checkpoint_is_user_error(tmp_path, where, expected):
+    run_dir = tmp_path / "run"
+    if where == "empty":
+        run_dir.mkdir()
+    assert not checkpoint_exists(run_dir)
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(run_dir)
+    assert expected in user_error_message(excinfo)
+
+
+def crash_on_second_replace(monkeypatch):
+    """Make the next save die between replacing the tensor file and replacing the JSON (os.replace #2)."""
+    real_replace, calls = os.replace, []
+
+    def flaky_replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated crash")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", flaky_replace)
+
+
+def test_crash_between_the_two_files_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    old_model, new_model = make_model(0), make_model(1)
+    save_state(tmp_path, old_model, step=1)
+    crash_on_second_replace(monkeypatch)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_state(tmp_path, new_model, step=2)
+    monkeypatch.undo()
+
+    with pytest.warns(UserWarning, match="interrupted"):
+        loaded = load_checkpoint(tmp_path)
+    assert loaded.step == 1
+    assert_states_equal(loaded.model_state, old_model.state_dict())
+    assert not list(tmp_path.glob(".*.tmp")), "temporary files must be cleaned up"
+
+    save_state(tmp_path, new_model, step=3)  # the next save recovers fully
+    assert load_checkpoint(tmp_path).step == 3
+    assert not (tmp_path / "checkpoint.prev.safetensors").exists()
+
+
+def test_interrupted_save_without_backup_is_a_hash_mismatch(tmp_path, monkeypatch):
+    save_state(tmp_path, make_model(0), step=1)
+    crash_on_second_replace(monkeypatch)
+    with pytest.raises(OSError):
+        save_state(tmp_path, make_model(1), step=2)
+    (tmp_path / "checkpoint.prev.safetensors").unlink()
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(tmp_path)
+    message = user_error_message(excinfo)
+    assert "hash mismatch" in message and "interrupted" in message
+
+
+def test_hash_mismatch_with_foreign_tensor_file(tmp_path):
+    save_state(tmp_path / "a", make_model(0))
+    save_state(tmp_path / "b", make_model(1))
+    (tmp_path / "a" / "checkpoint.safetensors").write_bytes((tmp_path / "b" / "checkpoint.safetensors").read_bytes())
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(tmp_path / "a")
+    assert "hash mismatch" in user_error_message(excinfo)
+
+
+def test_truncated_safetensors_is_user_error(tmp_path):
+    save_state(tmp_path, make_model())
+    path = tmp_path / "checkpoint.safetensors"
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(tmp_path)
+    assert "truncated or corrupt" in user_error_message(excinfo)
+
+
+def test_corrupted_json_is_user_error(tmp_path):
+    save_state(tmp_path, make_model())
+    path = tmp_path / "checkpoint.json"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(tmp_path)
+    assert "not valid JSON" in user_error_message(excinfo)
+
+
+def test_missing_json_keys_are_named(tmp_path):
+    save_state(tmp_path, make_model())
+    path = tmp_path / "checkpoint.json"
+    record = json.loads(path.read_text())
+    del record["step"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(UserError) as excinfo:
+        load_checkpoint(tmp_path)
+    assert "step" in user_error_message(excinfo)
+
+
+def test_unserializable_config_writes_nothing(tmp_path):
+    save_state(tmp_path, make_model(0), step=1)
+    with pytest.raises(UserError) as excinfo:
+        save_checkpoint(tmp_path, model=make_model(1), step=2, config={"bad": object()})
+    user_error_message(excinfo)
+    assert load_checkpoint(tmp_path).step == 1
+
+
+# ------------------------------------------------------------------------------------------------ EMA
+
+
+def test_ema_decay_warmup_formula():
+    assert ema_decay(0, 0.999) == pytest.approx(0.1)
+    assert ema_decay(10, 0.999) == pytest.approx(11 / 20)
+    assert ema_decay(10**6, 0.999) == 0.999
+
+
+def test_ema_update_follows_formula():
+    model = make_model(0)
+    ema = EMA(model, decay=0.5)
+    start = ema.state_dict()["weight"].clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model, step=100)  # past the warm-up: decay 0.5
+    torch.testing.assert_close(ema.state_dict()["weight"], 0.5 * start + 0.5 * model.weight.detach())
+    ema.update(model, step=0)  # warm-up: decay 0.1
+    torch.testing.assert_close(ema.state_dict()["weight"], 0.1 * (0.5 * start + 0.5 * model.weight) + 0.9 * model.weight)
+
+
+def test_ema_of_constant_model_stays_constant():
+    model = make_model(0)
+    ema = EMA(model, decay=0.999)
+    for step in range(50):
+        ema.update(model, step)
+    assert_states_equal(ema.state_dict(), model.state_dict())
+    target = make_model(1)
+    ema.copy_to(target)
+    assert_states_equal(target.state_dict(), model.state_dict())
+
+
+def test_ema_load_state_dict_rejects_other_model():
+    ema = EMA(make_model(), decay=0.9)
+    with pytest.raises(UserError) as excinfo:
+        ema.load_state_dict({"weight": torch.zeros(DIM, DIM)})
+    assert "missing keys: bias" in user_error_message(excinfo)
+
+
+def test_ema_warns_when_training_is_shorter_than_its_horizon():
+    ema = EMA(make_model(), decay=0.999)
+    assert "1000" in ema.warn_if_short(500) and "0.998" in ema.warn_if_short(500)
+    assert ema.warn_if_short(5000) is None
+    assert EMA(make_model(), decay=0.9).warn_if_short(10) is None
+
+
+def test_linear_warmup_lr():
+    assert [linear_warmup_lr(step, 1.0, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert linear_warmup_lr(0, 0.1, 0) == 0.1
+
+
+# ------------------------------------------------------------------------------------------------ trainer
+
+
+class CrashAtCall:
+    """A loss that raises (like a killed process) on its ``crash_at``-th call (1-based)."""
+
+    def __init__(self, crash_at: int):
+        self.crash_at, self.calls = crash_at, 0
+
+    def __call__(self, model, batch, generator):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt
+        return quadratic_loss(model, batch, generator)
+
+
+def interrupt_shorter_run(run_dir):
+    run(run_dir, steps=7)  # checkpoint at 5 and at the end, 7
+
+
+def interrupt_by_crash(run_dir):
+    with pytest.raises(KeyboardInterrupt):  # dies during step 8: checkpoint at 5, log entries up to 6
+        run(run_dir, loss_fn=CrashAtCall(8))
+
+
+@pytest.mark.parametrize("interrupt", [interrupt_shorter_run, interrupt_by_crash])
+def test_resume_equals_straight_training_bitwise(tmp_path, interrupt, capsys):
+    straight_model, straight = run(tmp_path / "straight")
+
+    interrupt(tmp_path / "resumed")
+    capsys.readouterr()
+    resumed_model, resumed = run(tmp_path / "resumed", resume=True)
+
+    assert "from step" in capsys.readouterr().out
+    assert_states_equal(resumed_model.state_dict(), straight_model.state_dict())
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert_states_equal(a.ema_state, b.ema_state)
+    assert_optimizer_states_equal(a.optimizer_state, b.optimizer_state)
+    assert resumed.step == straight.step == 20 and resumed.loss == straight.loss
+    assert read_log(tmp_path / "straight") == [
+        {**entry, "elapsed_s": straight_entry["elapsed_s"]}
+        for entry, straight_entry in zip(read_log(tmp_path / "resumed"), read_log(tmp_path / "straight"))
+    ]
+    assert len(read_log(tmp_path / "resumed")) == 10
+
+
+def test_resume_without_checkpoint_is_user_error(tmp_path):
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path / "nothing", resume=True)
+    assert "does not exist" in user_error_message(excinfo)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path / "empty", resume=True)
+    assert "no checkpoint" in user_error_message(excinfo)
+
+
+def test_existing_checkpoint_without_resume_is_user_error(tmp_path):
+    run(tmp_path, steps=5)
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path)
+    message = user_error_message(excinfo)
+    assert "--resume" in message and "another run directory" in message
+    assert load_checkpoint(tmp_path).step == 5
+
+
+def edit_world_size(run_dir):
+    path = Path(run_dir) / "checkpoint.json"
+    record = json.loads(path.read_text())
+    record["extra"]["trainer"]["world_size"] = 4
+    path.write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("change, overrides, expected", [
+    (lambda run_dir: None, {"steps": 3}, "past steps=3"),
+    (edit_world_size, {}, "same number of processes"),
+])
+def test_resume_refuses_a_run_it_cannot_continue(tmp_path, change, overrides, expected):
+    run(tmp_path, steps=5)
+    change(tmp_path)
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path, resume=True, **overrides)
+    assert expected in user_error_message(excinfo)
+
+
+def test_nan_loss_is_user_error_and_keeps_last_checkpoint(tmp_path):
+    calls = []
+
+    def loss_fn(model, batch, generator):
+        calls.append(1)
+        loss = quadratic_loss(model, batch, generator)
+        return loss * float("nan") if len(calls) == 8 else loss
+
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path, loss_fn=loss_fn)
+    message = user_error_message(excinfo)
+    assert "step 8" in message and "learning rate" in message
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint.step == 5
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint.model_state.values())
+
+
+def test_log_jsonl_and_result(tmp_path):
+    model, result = run(tmp_path, steps=10, log_every=3)
+    log = read_log(tmp_path)
+    assert [entry["step"] for entry in log] == [3, 6, 9]
+    assert {"step", "loss", "smoothed_loss", "lr", "grad_norm", "elapsed_s"} <= log[0].keys()
+    assert result.logs == [(entry["step"], entry["loss"]) for entry in log]
+    assert result.step == 10 and result.steps_per_s > 0 and result.wall_time > 0
+    assert load_checkpoint(tmp_path).config == {"model": "linear", "dim": DIM}
+    assert log[-1]["loss"] < log[0]["loss"], "the quadratic loss should go down"
+
+
+def test_loss_fn_must_return_per_example_loss(tmp_path):
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path, loss_fn=lambda model, batch, generator: quadratic_loss(model, batch, generator).mean())
+    assert "per-example" in user_error_message(excinfo)
+
+
+# ------------------------------------------------------------------------------------------------ DDP
+
+WORKER = """
+import os, sys
+import torch
+from safetensors.torch import save_file
+from diffusionlab.training import TrainConfig, train
+
+run_dir, out_dir = sys.argv[1], sys.argv[2]
+rank = int(os.environ["RANK"])
+model = torch.nn.Linear(4, 4)
+with torch.no_grad():  # a different init on each rank: DDP must broadcast rank 0's
+    for param in model.parameters():
+        param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(rank)))
+data = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+batch_sizes = []
+
+def loss_fn(model, batch, generator):
+    batch_sizes.append(len(batch))
+    noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
+    return ((model(noisy) - batch) ** 2).mean(dim=1)
+
+config = TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, ema_decay=0.5, checkpoint_every=3,
+                     log_every=2, seed=0, num_threads=1, device="cpu")
+result = train(model, loss_fn, data, config, run_dir, run_config={"dim": 4}, progress=False)
+assert set(batch_sizes) == {4}, batch_sizes
+save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
+print(f"rank {rank} finished at step {result.step}", flush=True)
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)  # two-rank gloo runs can abort at interpreter exit on this machine
+"""
+
+
+def test_ddp_two_ranks(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(WORKER))
+    (tmp_path / "tmp").mkdir()
+    src_dir = str(Path(diffusionlab.__file__).resolve().parents[1])
+    env = {**os.environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [src_dir, os.environ.get("PYTHONPATH")]))}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               str(worker), str(tmp_path / "run"), str(tmp_path)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert_states_equal(rank0, rank1)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert checkpoint.step == 6
+    assert_states_equal(checkpoint.model_state, rank0)
+    assert {"loss.rank0", "loss.rank1", "data_epoch"} == checkpoint.rng_states.keys()
+    assert not torch.equal(checkpoint.rng_states["loss.rank0"], checkpoint.rng_states["loss.rank1"])
+    assert [entry["step"] for entry in read_log(tmp_path / "run")] == [2, 4, 6]
