@@ -1,0 +1,118 @@
+"""Command line: ``diffusionlab train | sample | eval | demo``.
+
+User mistakes raise ``UserError``; ``main`` prints its one line and exits with status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+from .grids import GRIDS
+from .processes import PROCESSES
+from .samplers import SAMPLERS
+
+EXIT_USER_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line as one line (the usage stays available with --help)."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="diffusionlab", description="Train, sample and evaluate diffusion models.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    t = sub.add_parser("train", help="train a model on a data set", formatter_class=fmt)
+    t.add_argument("--data", help="built-in name (digits, mnist, moons, swissroll, checkerboard, ring8) or a "
+                                  "path (.npy/.npz or a folder of images); taken from the run when resuming")
+    t.add_argument("--out", required=True, help="run directory (checkpoints, log)")
+    t.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 5000)")
+    t.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
+    t.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-4)")
+    t.add_argument("--seed", type=int, help="seed of the split, the initialisation and the noise (default 0)")
+    t.add_argument("--config", help="JSON or TOML file of config overrides (see README)")
+    t.add_argument("--process", choices=list(PROCESSES), help="forward process (default ddpm)")
+    t.add_argument("--prediction", choices=["eps", "x0", "v"], help="what the network predicts (default eps)")
+    t.add_argument("--loss", choices=["simple", "elbo"], help="denoising loss or the full ELBO (default simple)")
+    t.add_argument("--weighting", choices=["eps", "x0", "v", "likelihood"], help="λ(t) of the simple loss")
+    t.add_argument("--time-sampling", choices=["uniform", "logsnr", "importance"],
+                   help="distribution of t (logsnr: for the likelihood weighting; importance: ELBO loss)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    s = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
+    s.add_argument("run_dir")
+    s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
+    s.add_argument("--out", required=True, help=".png (image grid or scatter plot), .npy (samples in data units)")
+    s.add_argument("--sampler", default="ancestral", choices=list(SAMPLERS))
+    s.add_argument("--steps", type=_positive_int, help="grid points (default: the process's, T for DDPM)")
+    s.add_argument("--grid", default="uniform", choices=list(GRIDS), help="time grid")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--trajectory", help="also write the reverse process x_T → x_0 (.png strip or .gif)")
+    s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
+
+    e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
+    e.add_argument("run_dir")
+    e.add_argument("--data", required=True, help="data spec; the test split (by the run's seed) is used")
+    e.add_argument("--metric", default="bpd", choices=["bpd"])
+    e.add_argument("--method", default="elbo", choices=["elbo", "ode"],
+                   help="ELBO bound (all terms or stratified) or the probability-flow ODE")
+    e.add_argument("--n", type=_positive_int, help="evaluate at most n test examples")
+    e.add_argument("--strata", type=_positive_int, help="ELBO: stratified estimate with this many terms "
+                                                        "per example (default: all terms)")
+    e.add_argument("--probes", type=_positive_int, default=1, help="ODE: Hutchinson probes per example")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--batch-size", type=_positive_int, default=256)
+
+    d = sub.add_parser("demo", help="train a UNet DDPM on the digits and write pictures and bits/dim",
+                       formatter_class=fmt)
+    d.add_argument("--out", default="demo_out", help="output directory")
+    d.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
+    d.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        from . import commands  # deferred: keeps `--help` fast
+
+        return getattr(commands, args.command)(args) or 0
+    except UserError as e:
+        print(f"diffusionlab: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("diffusionlab: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

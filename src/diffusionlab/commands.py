@@ -1,0 +1,268 @@
+"""What each CLI command does, as plain functions of the parsed arguments (see ``cli.py``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import run as runs
+from .data import load_dataset
+from .errors import UserError
+from .evaluation import save_image_grid, save_scatter, save_trajectory, save_trajectory_2d
+from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log_likelihood
+from .nets import count_parameters
+from .objectives import negative_elbo
+from .parametrization import Denoiser
+from .samplers import sample as draw
+from .training import checkpoint_exists, load_checkpoint, train as run_training
+
+# --------------------------------------------------------------------------------------------------
+# train
+
+
+def _train_config_from_args(args, dataset=None) -> dict:
+    """The run config: defaults ← config file ← command-line flags."""
+    overrides = runs.read_config_file(args.config) if args.config else {}
+    flags: dict = {"train": {}, "objective": {}}
+    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")):
+        if getattr(args, name) is not None:
+            flags["train"][key] = getattr(args, name)
+    if args.process:
+        flags["process"] = {"process": args.process}
+    if args.prediction:
+        flags["prediction"] = args.prediction
+    for name in ("loss", "weighting", "time_sampling"):
+        if getattr(args, name):
+            flags["objective"][name] = getattr(args, name)
+    data = {"spec": args.data, "seed": flags["train"].get("seed", overrides.get("train", {}).get("seed", 0)),
+            "test_fraction": overrides.get("data", {}).get("test_fraction", 0.1)}
+    config = runs.default_config(dataset, data)
+    config = runs.merge(config, overrides)
+    return runs.merge(config, flags)
+
+
+def _load_training_data(spec: str, data_cfg: dict):
+    return load_dataset(spec, seed=int(data_cfg.get("seed", 0)), test_fraction=float(data_cfg.get("test_fraction", 0.1)))
+
+
+def train(args) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not checkpoint_exists(out):
+            raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
+        config = load_checkpoint(out).config
+        if args.steps is not None:
+            config["train"]["steps"] = args.steps
+        dataset = _load_training_data(config["data"]["spec"], config["data"])
+    else:
+        if not args.data:
+            raise UserError("--data is required to start a run (a built-in name or a path)")
+        if checkpoint_exists(out):
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        seed = args.seed if args.seed is not None else 0
+        dataset = load_dataset(args.data, seed=seed)
+        config = _train_config_from_args(args, dataset)
+        if config["data"]["seed"] != seed or config["data"].get("test_fraction", 0.1) != 0.1:
+            dataset = _load_training_data(args.data, config["data"])
+            config["dataset"] = json.loads(dataset.to_json())
+    model = runs.build_model(config)
+    loss_fn = runs.build_loss(config, dataset.levels)
+    tcfg = runs.train_config(config)
+    torch.manual_seed(tcfg.seed)  # the initial weights
+    model = runs.build_model(config)
+    print(f"diffusionlab: training {config['network']['type']} ({count_parameters(model):,} parameters) on "
+          f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, shape {tuple(dataset.shape)}), "
+          f"process {config['process']['process']}, predicting {config['prediction']}, into {out}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
+                          progress=not getattr(args, "no_progress", False))
+    print(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
+          f"({result.steps_per_s:.1f} steps/s); checkpoint in {out}", flush=True)
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# sample
+
+
+def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
+    """Images in data units → [0, 1] for display."""
+    ds = run.dataset
+    data = ds.to_data_units(x)
+    if ds.levels is not None:
+        return (data / (ds.levels - 1)).clamp(0, 1)
+    return ((x + 1) / 2).clamp(0, 1)  # float images are scaled to [−1, 1] by min/max
+
+
+def _check_out(path: str, allowed: tuple[str, ...], what: str) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in allowed:
+        raise UserError(f"{what} must end in {' or '.join(allowed)}, got {path!r}")
+    if not p.parent.exists():
+        raise UserError(f"the folder of {path!r} does not exist; create it first")
+    return p
+
+
+def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str = "uniform",
+             trajectory_every: int | None = None):
+    """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process."""
+    generator = torch.Generator().manual_seed(seed)
+    frames = []
+
+    def keep(k, t, x):
+        if trajectory_every and (k % trajectory_every == 0 or float(t) == 0.0):
+            frames.append(x.detach().clone())
+
+    x = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
+             generator=generator, grid=grid, callback=keep if trajectory_every else None)
+    if not torch.isfinite(x).all():
+        raise UserError("sampling produced NaN/inf: the model may be under-trained or diverged; "
+                        "try more training steps or another sampler")
+    return x, frames
+
+
+def write_samples(run, x: torch.Tensor, out: Path) -> None:
+    if out.suffix.lower() == ".npy":
+        data = run.dataset.to_data_units(x).cpu().numpy().astype(np.float32)
+        tmp = out.with_name(f".{out.name}.tmp.npy")
+        np.save(tmp, data)
+        tmp.replace(out)
+    elif run.dataset.kind == "image":
+        save_image_grid(_to_unit_range(run, x), out)
+    else:
+        save_scatter(run.dataset.to_data_units(x), out, title=f"{len(x)} samples")
+
+
+def write_trajectory(run, frames: list[torch.Tensor], out: Path, n_show: int = 8) -> None:
+    if run.dataset.kind == "image":
+        save_trajectory([_to_unit_range(run, f[:n_show]) for f in frames], out)
+    else:
+        save_trajectory_2d([run.dataset.to_data_units(f) for f in frames], out)
+
+
+def sample(args) -> int:
+    out = _check_out(args.out, (".png", ".npy"), "--out")
+    traj = _check_out(args.trajectory, (".png", ".gif"), "--trajectory") if args.trajectory else None
+    run = runs.load_run(args.run_dir, ema=not args.raw_weights)
+    steps = args.steps or run.process.default_steps()
+    t0 = time.perf_counter()
+    x, frames = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
+                         trajectory_every=max(1, steps // 20) if traj else None)
+    write_samples(run, x, out)
+    if traj:
+        write_trajectory(run, frames, traj)
+    print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
+          + f" ({args.sampler}, {steps} steps, {time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# eval
+
+
+def _test_data(run, spec: str, n: int | None) -> torch.Tensor:
+    """The test split of ``spec`` (split by the run's seed), in the run's model units."""
+    data_cfg = run.config.get("data", {})
+    ds = _load_training_data(spec, data_cfg)
+    if tuple(ds.shape) != tuple(run.dataset.shape):
+        raise UserError(f"data {spec!r} has examples of shape {tuple(ds.shape)} but the run was trained on "
+                        f"{tuple(run.dataset.shape)}")
+    x = run.dataset.to_model_units(ds.to_data_units(ds.test))
+    return x[:n] if n else x
+
+
+def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None = None, probes: int = 1,
+                 seed: int = 0, batch_size: int = 256) -> dict:
+    """Bits/dim (and nats/dim for continuous data, in the data's own units) with its standard error."""
+    ds, dims = run.dataset, x[0].numel()
+    generator = torch.Generator().manual_seed(seed)
+    denoiser = Denoiser(run.model, run.process, run.prediction)
+    nll = []
+    with torch.no_grad():
+        for batch in x.split(batch_size):
+            if method == "elbo":
+                nll.append(negative_elbo(denoiser, batch, levels=ds.levels, strata=strata, generator=generator))
+            else:
+                y = dequantize(batch, ds.levels, generator) if ds.levels else batch
+                ll = log_likelihood(run.model, run.process, y, run.prediction, trace="auto", probes=probes,
+                                    generator=generator)
+                nll.append(discrete_nll_from_density(ll, dims, ds.levels) if ds.levels else -ll)
+    nll = torch.cat(nll).double()
+    if ds.levels is None:  # a density: move it from model units to data units (log|Jacobian| = Σ log scale)
+        log_scale = torch.log(ds.scale.double()).expand(ds.shape).sum()
+        nll = nll + log_scale
+    per_dim = nll / dims
+    result = {"metric": "bpd", "method": method, "n": len(x),
+              "bpd": float(bits_per_dim(nll, dims).mean()),
+              "stderr": float(bits_per_dim(nll, dims).std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")}
+    if method == "elbo":
+        result["terms"] = "all" if strata is None else f"stratified, {strata} per example"
+    if ds.levels is None:
+        result["nats_per_dim"] = float(per_dim.mean())
+        result["nats_per_dim_stderr"] = float(per_dim.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+    else:
+        result["levels"] = ds.levels
+    return result
+
+
+def eval(args) -> int:  # noqa: A001 - the command's name
+    run = runs.load_run(args.run_dir)
+    x = _test_data(run, args.data, args.n)
+    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size)
+    print(json.dumps(result))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# demo
+
+DEMO_CONFIG = {
+    "network": {"type": "unet", "in_channels": 1, "image_size": 8, "base_channels": 32, "channel_mults": [1, 2],
+                "num_res_blocks": 1, "attention_resolutions": [4]},
+    "train": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995,
+              "checkpoint_every": 500, "log_every": 50},
+}
+
+
+def demo(args) -> int:
+    t_start = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_dir = out / "run"
+    config_path = out / "demo_config.json"
+    cfg = json.loads(json.dumps(DEMO_CONFIG))
+    if args.steps:
+        cfg["train"]["steps"] = args.steps
+    config_path.write_text(json.dumps(cfg, indent=2))
+    resume = checkpoint_exists(run_dir)
+    train_args = _Args(data="digits", out=str(run_dir), steps=cfg["train"]["steps"], batch_size=None, lr=None,
+                       seed=None, config=str(config_path), process=None, prediction=None, loss=None,
+                       weighting=None, time_sampling=None, resume=resume, no_progress=args.no_progress)
+    if resume and load_checkpoint(run_dir).step >= cfg["train"]["steps"]:
+        print(f"diffusionlab: {run_dir} is already trained; sampling from it")
+    else:
+        train(train_args)
+    run = runs.load_run(run_dir)
+    x, frames = generate(run, 64, "ancestral", None, seed=0, trajectory_every=50)
+    write_samples(run, x, out / "samples.png")
+    write_trajectory(run, frames, out / "trajectory.png")
+    write_trajectory(run, frames, out / "trajectory.gif")
+    test = _test_data(run, "digits", None)
+    result = evaluate_bpd(run, test, "elbo", strata=50, seed=0)
+    (out / "bpd.json").write_text(json.dumps(result, indent=2))
+    print(f"diffusionlab: samples → {out / 'samples.png'}, reverse process → {out / 'trajectory.png'} and "
+          f"{out / 'trajectory.gif'}")
+    print(f"diffusionlab: test-set NLL (ELBO, {result['terms']}, n={result['n']}): "
+          f"{result['bpd']:.3f} ± {result['stderr']:.3f} bits/dim (log2(17) = {math.log2(17):.3f} for a uniform model)")
+    print(f"diffusionlab: demo finished in {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+class _Args:
+    def __init__(self, **kw):
+        self.__dict__.update(kw)

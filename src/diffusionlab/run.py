@@ -1,0 +1,145 @@
+"""A run: how a model was made (one JSON-able config) and how to get it back from its run directory.
+
+``RUN_DIR/checkpoint.json`` holds the run config below verbatim, so ``load_run`` rebuilds exactly the
+network, process and parametrization that were trained, plus the data scaling to undo on samples.
+
+    {"data": {"spec": "digits", "seed": 0, "test_fraction": 0.1},
+     "dataset": {...Dataset.to_json()...},
+     "process": {"process": "ddpm", "T": 1000, "schedule": "linear"},
+     "prediction": "eps",
+     "objective": {"loss": "simple", "weighting": "eps", "time_sampling": "uniform"},
+     "network": {"type": "unet", ...},
+     "train": {"steps": ..., "batch_size": ..., "lr": ..., ...}}
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data import Dataset
+from .errors import UserError
+from .nets import build_network
+from .nets.precond import ScaledInput
+from .objectives import DenoisingLoss, ELBOLoss
+from .parametrization import check_prediction
+from .processes import make_process
+from .training import TrainConfig, load_checkpoint
+
+DEFAULT_TRAIN = {"steps": 5000, "batch_size": 128, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 100,
+                 "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 1000, "log_every": 50, "seed": 0}
+
+
+def default_network(dataset: Dataset) -> dict:
+    """An MLP for vectors, a UNet for images, sized to the data."""
+    if dataset.kind == "vector":
+        return {"type": "mlp", "dim": dataset.shape[0], "hidden": 256, "depth": 4}
+    channels, size = dataset.shape[0], dataset.shape[-1]
+    if size <= 16:
+        return {"type": "unet", "in_channels": channels, "image_size": size, "base_channels": 64,
+                "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4]}
+    return {"type": "unet", "in_channels": channels, "image_size": size, "base_channels": 64,
+            "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [size // 4]}
+
+
+def default_config(dataset: Dataset, data: dict) -> dict:
+    return {
+        "data": data,
+        "dataset": json.loads(dataset.to_json()),
+        "process": {"process": "ddpm", "T": 1000, "schedule": "linear"},
+        "prediction": "eps",
+        "objective": {"loss": "simple", "weighting": "eps", "time_sampling": "uniform"},
+        "network": default_network(dataset),
+        "train": dict(DEFAULT_TRAIN),
+    }
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Recursive dict update (override wins); ``process`` and ``network`` given by name start fresh."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            fresh = (key == "process" and value.get("process", out[key].get("process")) != out[key].get("process")) or (
+                key == "network" and value.get("type", out[key].get("type")) != out[key].get("type"))
+            out[key] = copy.deepcopy(value) if fresh else merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_config_file(path: str) -> dict:
+    """A JSON or TOML file of config overrides."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        text = p.read_text()
+        return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise UserError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
+
+
+def build_model(config: dict) -> nn.Module:
+    """The network of a run config, wrapped in the process's input scaling."""
+    net_config = dict(config["network"])
+    for key in ("channel_mults", "attention_resolutions"):
+        if key in net_config:
+            net_config[key] = tuple(net_config[key])
+    return ScaledInput(build_network(net_config), make_process(config["process"]))
+
+
+def build_loss(config: dict, dataset_levels: int | None):
+    """The training objective of a run config: ``simple`` (denoising / score matching) or ``elbo``."""
+    process = make_process(config["process"])
+    prediction = check_prediction(config["prediction"])
+    objective = dict(config["objective"])
+    loss = objective.pop("loss", "simple")
+    if loss == "simple":
+        return DenoisingLoss(process, prediction, objective.get("weighting", "eps"),
+                             objective.get("time_sampling", "uniform"))
+    if loss == "elbo":
+        return ELBOLoss(process, prediction, objective.get("variance", "small"), dataset_levels,
+                        objective.get("time_sampling", "uniform"))
+    raise UserError(f"unknown loss {loss!r}: choose 'simple' or 'elbo'")
+
+
+def train_config(config: dict) -> TrainConfig:
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(config["train"]) - known)
+    if unknown:
+        raise UserError(f"unknown train option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    return TrainConfig(**config["train"])
+
+
+@dataclass
+class Run:
+    """A trained model ready to sample: ``model(x, t)``, its process, what it predicts, the data scaling."""
+
+    model: nn.Module
+    process: object
+    prediction: str
+    dataset: Dataset
+    config: dict
+    step: int
+
+
+def load_run(run_dir: str | Path, ema: bool = True) -> Run:
+    """Rebuild the model of ``run_dir`` from its checkpoint (EMA weights unless ``ema=False``)."""
+    ckpt = load_checkpoint(run_dir)
+    config = ckpt.config
+    try:
+        model = build_model(config)
+        state = ckpt.ema_state if ema and ckpt.ema_state else ckpt.model_state
+        model.load_state_dict(state)
+        dataset = Dataset.from_json(config["dataset"])
+    except (KeyError, RuntimeError) as e:
+        raise UserError(f"checkpoint in {run_dir} does not match its config ({str(e).splitlines()[0]}); "
+                        "was it written by another version?") from None
+    model.eval()
+    return Run(model, make_process(config["process"]), config["prediction"], dataset, config, ckpt.step)
