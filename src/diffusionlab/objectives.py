@@ -155,7 +155,7 @@ def eps_space_weight(process, t: Tensor, weighting: str) -> Tensor:
     """λ(t) multiplying ‖ε̂ − ε‖² (so that the loss equals a known objective):
 
     * ``eps``        — 1: Ho's L_simple; equal to denoising score matching with λ(t) = σ(t)² (lecture §7);
-    * ``x0``         — α²/σ² = SNR(t): the same as ‖x̂₀ − x₀‖²;
+    * ``x0``         — σ²/α² = 1/SNR(t): the same as ‖x̂₀ − x₀‖² (x̂₀ − x₀ = (σ/α)(ε − ε̂));
     * ``v``          — ((α² + σ²)/α)²: the same as ‖v̂ − v‖²;
     * ``likelihood`` — ½ g(t)²/σ(t)² = −½ dλ/dt: score matching with λ(t) = g(t)², whose integral over t is
       the continuous-time −ELBO up to constants (Song, Durkan, Murray & Ermon 2021; Kingma et al. 2021).
@@ -164,7 +164,7 @@ def eps_space_weight(process, t: Tensor, weighting: str) -> Tensor:
     if weighting == "eps":
         return torch.ones_like(t)
     if weighting == "x0":
-        return a**2 / s**2
+        return s**2 / a**2
     if weighting == "v":
         return ((a**2 + s**2) / a) ** 2
     if weighting == "likelihood":
@@ -272,10 +272,13 @@ class ELBOLoss:
         return 0.999 * p + 0.001 / T  # keep every term reachable
 
     def _record(self, i: Tensor, losses: Tensor) -> None:
-        for idx, value in zip(i.tolist(), losses.detach().double().cpu().tolist()):
-            self._history[idx - 1] = torch.roll(self._history[idx - 1], -1)
-            self._history[idx - 1, -1] = value
-            self._count[idx - 1] += 1
+        """Append each term's new values to its history (the last ``history`` values are kept)."""
+        losses = losses.detach().double().cpu()
+        size = self._history.shape[1]
+        for idx in torch.unique(i).tolist():
+            values = torch.cat([self._history[idx - 1], losses[i == idx]])[-size:]
+            self._history[idx - 1] = values
+            self._count[idx - 1] += int((i == idx).sum())
 
     def __call__(self, model, x0: Tensor, generator=None) -> Tensor:
         process, T, n = self.process, self.process.T, x0.shape[0]

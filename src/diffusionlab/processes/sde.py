@@ -45,6 +45,12 @@ class VPSDE(Process):
     def d_log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * self.beta(t)
 
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed-form inverse of λ(t): α² = sigmoid(λ), and ½Δβ t² + β_min t + log sigmoid(λ) = 0."""
+        log_a2 = torch.nn.functional.logsigmoid(torch.as_tensor(lam, dtype=torch.float64))
+        delta = self.beta_max - self.beta_min
+        return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2 * delta * log_a2)) / delta
+
     def d_sigma2(self, t: Tensor) -> Tensor:
         # σ² = 1 − α²  ⇒  dσ²/dt = −2 α² d log α/dt = α² β(t); then g² = β(t) as in the lecture.
         return torch.exp(2 * self.log_alpha(t)) * self.beta(t)
@@ -55,6 +61,8 @@ class SubVPSDE(VPSDE):
 
     g(t)² = β(t) (1 − α(t)⁴), always below the VP diffusion — hence "sub".
     """
+
+    t_from_log_snr = Process.t_from_log_snr  # λ(t) differs from VP's: back to bisection
 
     def config(self) -> dict:
         return {**super().config(), "process": "subvp"}
@@ -88,6 +96,11 @@ class VESDE(Process):
 
     def d_log_alpha(self, t: Tensor) -> Tensor:
         return torch.zeros_like(torch.as_tensor(t))
+
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed-form inverse of λ(t) = −2 log σ(t)."""
+        sigma = torch.exp(-0.5 * torch.as_tensor(lam, dtype=torch.float64))
+        return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
 
     def d_sigma2(self, t: Tensor) -> Tensor:
         return 2 * self.sigma(t) ** 2 * math.log(self.sigma_max / self.sigma_min)

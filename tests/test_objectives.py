@@ -1,0 +1,124 @@
+"""Training objectives: the weightings are what they claim, the time samplers are unbiased, and the ELBO loss
+is an unbiased one-term estimate of the full −ELBO."""
+
+import math
+
+import pytest
+import torch
+
+import diffusionlab as dl
+from diffusionlab.objectives import (DenoisingLoss, ELBOLoss, eps_space_weight, negative_elbo, sample_times)
+from diffusionlab.parametrization import Denoiser, from_x0_eps, to_x0_eps
+
+PROCESSES = [dl.DDPM(T=50), dl.VPSDE(), dl.SubVPSDE(), dl.VESDE()]
+
+
+def linear_model(x, t):
+    """A fixed, non-optimal predictor (depends on x and t) so that losses are not trivially zero."""
+    return 0.3 * x + 0.1 * t.reshape(-1, *([1] * (x.ndim - 1))) - 0.05
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("prediction", ["x0", "v", "score"])
+def test_own_space_error_equals_weighted_eps_error(process, prediction):
+    """‖pred − target‖² in the prediction's space = λ_pred(t)·‖ε̂ − ε‖², with λ from ``eps_space_weight``."""
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    t = process.t_min + (process.t_max - process.t_min) * torch.rand(64, generator=g, dtype=torch.float64)
+    a, s = process.alpha(t), process.sigma(t)
+    x_t = process.marginal(x0, t, eps)
+    pred = torch.randn(64, 3, generator=g, dtype=torch.float64)
+    _, eps_hat = to_x0_eps(pred, prediction, x_t, a, s)
+    own = (pred - from_x0_eps(x0, eps, prediction, a, s)).pow(2).sum(1)
+    lam = 1 / s**2 if prediction == "score" else eps_space_weight(process, t, prediction)
+    torch.testing.assert_close(own, lam * (eps_hat - eps).pow(2).sum(1), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("process", [dl.VPSDE(), dl.SubVPSDE(), dl.VESDE()], ids=lambda p: type(p).__name__)
+def test_likelihood_weighting_is_minus_half_dlogsnr(process):
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    h = 1e-6
+    dlam = (process.log_snr(t + h) - process.log_snr(t - h)) / (2 * h)
+    torch.testing.assert_close(eps_space_weight(process, t, "likelihood"), -0.5 * dlam, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("process", [dl.VPSDE(), dl.VESDE()], ids=lambda p: type(p).__name__)
+def test_logsnr_importance_sampling_is_unbiased(process):
+    """E_p[w(t) h(t)] = E_uniform[h(t)] for the λ-uniform proposal and its weights."""
+    g = torch.Generator().manual_seed(1)
+    h = lambda t: torch.cos(3 * t) + t**2  # noqa: E731
+    t, w = sample_times(process, 100_000, g, "logsnr")
+    assert bool(((t >= process.t_min - 1e-9) & (t <= process.t_max + 1e-9)).all())
+    est = (w * h(t)).mean()
+    u = torch.linspace(process.t_min, process.t_max, 200_001, dtype=torch.float64)
+    exact = torch.trapezoid(h(u), u) / (process.t_max - process.t_min)
+    se = (w * h(t)).std() / math.sqrt(len(t))
+    assert abs(float(est - exact)) < 5 * float(se)
+
+
+@pytest.mark.parametrize("process", [dl.VPSDE(), dl.SubVPSDE(), dl.VESDE(), dl.DDPM()], ids=lambda p: type(p).__name__)
+def test_t_from_log_snr_inverts_log_snr(process):
+    t = torch.linspace(process.t_min, process.t_max, 101, dtype=torch.float64)
+    torch.testing.assert_close(process.t_from_log_snr(process.log_snr(t)), t, rtol=0, atol=1e-9)
+
+
+def test_uniform_time_sampling_on_ddpm_is_on_the_grid():
+    g = torch.Generator().manual_seed(2)
+    process = dl.DDPM(T=20)
+    t, w = sample_times(process, 20_000, g)
+    i = t * 20
+    assert torch.allclose(i, i.round()) and int(i.min()) == 1 and int(i.max()) == 20
+    assert bool((w == 1).all())
+    counts = torch.bincount(i.round().long(), minlength=21)[1:].double()
+    assert float((counts / 1000 - 1).abs().max()) < 0.2  # 1000 expected per step; 5 sd ≈ 0.16
+
+
+def test_denoising_loss_eps_weighting_is_ho_simple_loss():
+    """With eps prediction and eps weighting the loss is exactly the per-example MSE ‖ε − ε_θ(x_t, t)‖²/D."""
+    process = dl.DDPM(T=100)
+    x0 = torch.randn(32, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    loss = DenoisingLoss(process)(linear_model, x0, torch.Generator().manual_seed(4))
+    g = torch.Generator().manual_seed(4)  # replay the same draws: t first, then ε
+    t, _ = sample_times(process, 32, g)
+    eps = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    expected = (eps - linear_model(process.marginal(x0, t, eps), t)).pow(2).mean(1)
+    torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
+
+
+def test_elbo_loss_is_unbiased_for_the_full_negative_elbo():
+    """E_i[ELBOLoss] (one random term, weighted by T) = the full −ELBO per dimension."""
+    process = dl.DDPM(T=10, beta_start=0.05, beta_end=0.5)
+    x0 = torch.tensor([[0.3, -0.7]], dtype=torch.float64).repeat(20_000, 1)
+    loss = ELBOLoss(process, "eps")(linear_model, x0, torch.Generator().manual_seed(5))
+    full = negative_elbo(Denoiser(linear_model, process, "eps"), x0[:2000],
+                         generator=torch.Generator().manual_seed(6)) / 2
+    se = loss.std() / math.sqrt(len(loss)) + full.std() / math.sqrt(len(full))
+    assert abs(float(loss.mean() - full.mean())) < 5 * float(se)
+
+
+def test_elbo_importance_sampling_stays_unbiased():
+    """After the loss history fills, t is drawn ∝ sqrt(E[L_t²]) and reweighted: the mean is unchanged."""
+    process = dl.DDPM(T=10, beta_start=0.05, beta_end=0.5)
+    x0 = torch.tensor([[0.3, -0.7]], dtype=torch.float64)
+    loss_fn = ELBOLoss(process, "eps", time_sampling="importance")
+    g = torch.Generator().manual_seed(7)
+    for _ in range(30):  # fill the history of every term
+        loss_fn(linear_model, x0.repeat(64, 1), g)
+    probs = loss_fn._probabilities()
+    assert float(probs.max() / probs.min()) > 1.5  # really non-uniform now
+    loss = loss_fn(linear_model, x0.repeat(20_000, 1), g)
+    full = negative_elbo(Denoiser(linear_model, process, "eps"), x0.repeat(2000, 1), generator=g) / 2
+    se = loss.std() / math.sqrt(len(loss)) + full.std() / math.sqrt(len(full))
+    assert abs(float(loss.mean() - full.mean())) < 5 * float(se)
+
+
+def test_bad_names_are_user_errors():
+    with pytest.raises(dl.UserError):
+        DenoisingLoss(dl.DDPM(), weighting="snr2")
+    with pytest.raises(dl.UserError):
+        DenoisingLoss(dl.DDPM(), time_sampling="cosine")
+    with pytest.raises(dl.UserError):
+        ELBOLoss(dl.VPSDE())
+    with pytest.raises(dl.UserError):
+        DenoisingLoss(dl.DDPM(), prediction="noise")
