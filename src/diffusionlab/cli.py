@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--trajectory", help="also write the reverse process x_T → x_0 (.png strip or .gif)")
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
+    s.add_argument("--no-denoise", action="store_true",
+                   help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
 
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
     e.add_argument("run_dir")

@@ -109,7 +109,7 @@ def _check_out(path: str, allowed: tuple[str, ...], what: str) -> Path:
 
 
 def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str = "uniform",
-             trajectory_every: int | None = None):
+             trajectory_every: int | None = None, denoise: bool = True):
     """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process."""
     generator = torch.Generator().manual_seed(seed)
     frames = []
@@ -119,7 +119,7 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
             frames.append(x.detach().clone())
 
     x = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
-             generator=generator, grid=grid, callback=keep if trajectory_every else None)
+             generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise)
     if not torch.isfinite(x).all():
         raise UserError("sampling produced NaN/inf: the model may be under-trained or diverged; "
                         "try more training steps or another sampler")
@@ -149,10 +149,12 @@ def sample(args) -> int:
     out = _check_out(args.out, (".png", ".npy"), "--out")
     traj = _check_out(args.trajectory, (".png", ".gif"), "--trajectory") if args.trajectory else None
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
+    if traj and run.dataset.kind == "vector" and traj.suffix.lower() != ".png":
+        raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")
     steps = args.steps or run.process.default_steps()
     t0 = time.perf_counter()
     x, frames = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
-                         trajectory_every=max(1, steps // 20) if traj else None)
+                         trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise)
     write_samples(run, x, out)
     if traj:
         write_trajectory(run, frames, traj)

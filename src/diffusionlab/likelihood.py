@@ -62,7 +62,7 @@ def log_likelihood(model, process, x: Tensor, prediction: str = "eps", *, trace:
                    return_info: bool = False):
     """log p(x) in nats per example, shape (n,), by the probability-flow ODE (see module docstring).
 
-    trace   ``exact`` (autograd, D passes per evaluation), ``hutchinson``, or ``auto`` (exact for D ≤ 64)
+    trace   ``exact`` (autograd, D passes per evaluation), ``hutchinson``, or ``auto`` (exact for D ≤ 16)
     probes  number of Hutchinson probes per example; their mean is returned and, with ``return_info``, the
             standard error over probes (info also holds ``nfe``)
     """
@@ -71,7 +71,7 @@ def log_likelihood(model, process, x: Tensor, prediction: str = "eps", *, trace:
     if probe not in PROBES:
         raise UserError(f"unknown probe {probe!r}: choose one of {', '.join(PROBES)}")
     n, dims = x.shape[0], x[0].numel()
-    exact = trace == "exact" or (trace == "auto" and dims <= 64)
+    exact = trace == "exact" or (trace == "auto" and dims <= 16)
     reps = 1 if exact else int(probes)
     xr = x.repeat(reps, *([1] * (x.ndim - 1)))
     z = None if exact else _probe(xr, probe, generator)
