@@ -24,7 +24,7 @@ demo: install
 
 test: install
 	@mkdir -p $(TMPDIR)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

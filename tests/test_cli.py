@@ -129,3 +129,23 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert "no_such_set" in proc.stderr
+
+
+@pytest.mark.parametrize("process", ["ddpm", "vp", "subvp", "ve"])
+def test_every_process_trains_and_samples_from_the_cli(process, tmp_path, capsys):
+    """`train --process P` runs on images and vectors, and every sampler draws finite samples from the run."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"network": {"base_channels": 8, "channel_mults": [1], "num_res_blocks": 1,
+                                           "attention_resolutions": [], "num_groups": 4},
+                               "train": {"batch_size": 16, "checkpoint_every": 10, "ema_decay": 0.9}}))
+    assert run_cli(capsys, "train", "--data", "digits", "--out", tmp_path / "img", "--steps", 3, "--process", process,
+                   "--config", cfg, "--no-progress")[0] == 0
+    assert run_cli(capsys, "train", "--data", "ring8", "--out", tmp_path / "vec", "--steps", 3, "--process", process,
+                   "--no-progress", "--prediction", "v")[0] == 0
+    for name in ("ancestral", "euler_maruyama", "predictor_corrector", "ode_heun"):
+        out = tmp_path / f"{name}.npy"
+        assert run_cli(capsys, "sample", tmp_path / "vec", "--n", 8, "--out", out, "--sampler", name,
+                       "--steps", 4)[0] == 0
+        assert np.isfinite(np.load(out)).all()
+    code, stdout, _ = run_cli(capsys, "sample", tmp_path / "img", "--n", 4, "--out", tmp_path / "img.npy", "--steps", 3)
+    assert code == 0 and np.load(tmp_path / "img.npy").shape == (4, 1, 8, 8)

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -102,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, line=None):
+    return f"diffusionlab: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # the CLI's warnings are for people: no source lines
     try:
         args = build_parser().parse_args(argv)
         from . import commands  # deferred: keeps `--help` fast

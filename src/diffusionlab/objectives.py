@@ -111,9 +111,19 @@ def decoder_nll(denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, levels: 
 
 
 def _strata(n_terms: int, strata: int) -> list[tuple[int, int]]:
-    """Split term indices 0 … n_terms − 1 into ``strata`` contiguous groups of near-equal size."""
-    edges = torch.linspace(0, n_terms, strata + 1).round().long().tolist()
-    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+    """Split term indices 0 … n_terms − 1 (index 0 at t_max) into ``strata`` contiguous groups whose sizes
+    grow geometrically from the t_min end: the terms near t = 0 are the largest and vary the most, so they get
+    groups of one, which is what makes the stratified estimate's variance small."""
+    strata = min(strata, n_terms)
+    points = strata
+    while True:  # smallest geometric grid with ``strata`` distinct integer edges
+        from_end = torch.unique(torch.round(torch.logspace(0, math.log10(n_terms + 1), points + 1,
+                                                           dtype=torch.float64)).long() - 1)
+        if len(from_end) >= strata + 1 or points > 100 * n_terms:
+            break
+        points += 1
+    edges = sorted({n_terms - int(r) for r in from_end} | {0, n_terms})
+    return list(zip(edges[:-1], edges[1:]))
 
 
 def negative_elbo(denoiser: Denoiser, x0: Tensor, *, steps: int | None = None, variance: str = "small",
