@@ -6,15 +6,10 @@ User mistakes raise ``UserError``; ``main`` prints its one line and exits with s
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
-import time
 import warnings
-from pathlib import Path
 
-import torch
 
 from .errors import UserError
 from .grids import GRIDS

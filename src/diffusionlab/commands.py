@@ -224,9 +224,9 @@ def eval(args) -> int:  # noqa: A001 - the command's name
 # demo
 
 DEMO_CONFIG = {
-    "network": {"type": "unet", "in_channels": 1, "image_size": 8, "base_channels": 32, "channel_mults": [1, 2],
+    "network": {"type": "unet", "in_channels": 1, "image_size": 8, "base_channels": 16, "channel_mults": [1, 2],
                 "num_res_blocks": 1, "attention_resolutions": [4]},
-    "train": {"steps": 3000, "batch_size": 128, "lr": 1e-3, "warmup_steps": 100, "ema_decay": 0.995,
+    "train": {"steps": 2000, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.995,
               "checkpoint_every": 500, "log_every": 50},
 }
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Callable, Literal, NamedTuple
 
-import torch
 from torch import Tensor
 
 from ._tensor import as_time, bcast

@@ -20,7 +20,6 @@ import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .data import Dataset

@@ -8,7 +8,6 @@ the t = 1 step (its mean, as in Ho et al.). On a coarser grid it is ancestral sa
 
 from __future__ import annotations
 
-import torch
 
 from .._tensor import bcast, randn_like
 from ..errors import UserError

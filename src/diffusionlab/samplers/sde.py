@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 
 from .._tensor import bcast, randn_like
 from ..dynamics import reverse_sde_drift
