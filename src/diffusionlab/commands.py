@@ -179,7 +179,7 @@ def _test_data(run, spec: str, n: int | None) -> torch.Tensor:
 
 
 def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None = None, probes: int = 1,
-                 seed: int = 0, batch_size: int = 256) -> dict:
+                 seed: int = 0, batch_size: int = 256, variance: str = "large") -> dict:
     """Bits/dim (and nats/dim for continuous data, in the data's own units) with its standard error."""
     ds, dims = run.dataset, x[0].numel()
     generator = torch.Generator().manual_seed(seed)
@@ -188,7 +188,8 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
     with torch.no_grad():
         for batch in x.split(batch_size):
             if method == "elbo":
-                nll.append(negative_elbo(denoiser, batch, levels=ds.levels, strata=strata, generator=generator))
+                nll.append(negative_elbo(denoiser, batch, levels=ds.levels, strata=strata, generator=generator,
+                                         variance=variance))
             else:
                 y = dequantize(batch, ds.levels, generator) if ds.levels else batch
                 ll = log_likelihood(run.model, run.process, y, run.prediction, trace="auto", probes=probes,
@@ -204,6 +205,7 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
               "stderr": float(bits_per_dim(nll, dims).std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")}
     if method == "elbo":
         result["terms"] = "all" if strata is None else f"stratified, {strata} per example"
+        result["variance"] = variance
     if ds.levels is None:
         result["nats_per_dim"] = float(per_dim.mean())
         result["nats_per_dim_stderr"] = float(per_dim.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")
@@ -215,7 +217,7 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
 def eval(args) -> int:  # noqa: A001 - the command's name
     run = runs.load_run(args.run_dir)
     x = _test_data(run, args.data, args.n)
-    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size)
+    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance)
     print(json.dumps(result))
     return 0
 

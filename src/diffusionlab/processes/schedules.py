@@ -14,11 +14,17 @@ from torch import Tensor
 from ..errors import UserError
 
 
-def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
+def linear_betas(T: int, beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
     """β_t linear from ``beta_start`` to ``beta_end`` (Ho et al. 2020, §4: 1e-4 to 0.02 for T = 1000).
 
-    The endpoints are taken as given for any T, as in diffusers' ``DDPMScheduler`` (no rescaling by 1000/T).
+    Endpoints that are not given default to 1e-4·(1000/T) and 0.02·(1000/T), as in Nichol & Dhariwal's
+    code: the same continuous-time schedule β(t) for every T, so that ᾱ_T ≈ 4e-5 and the chain reaches the
+    N(0, I) prior for any T (diffusers keeps 1e-4 → 0.02 for every T instead; with T = 100 that leaves
+    ᾱ_T = 0.36). Endpoints that are given are taken as they are. Defaults are capped at 0.999 (T < 50).
     """
+    scale = 1000.0 / T
+    beta_start = min(1e-4 * scale, 0.999) if beta_start is None else beta_start
+    beta_end = min(0.02 * scale, 0.999) if beta_end is None else beta_end
     return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
 
 
@@ -43,4 +49,8 @@ def make_betas(schedule: str, T: int, **kwargs) -> Tensor:
         raise UserError(f"unknown beta schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
     if T < 1:
         raise UserError(f"the number of diffusion steps T must be at least 1, got {T}")
-    return SCHEDULES[schedule](T, **kwargs)
+    betas = SCHEDULES[schedule](T, **kwargs)
+    if not bool(((betas > 0) & (betas < 1)).all()):
+        raise UserError(f"every β_t must lie in (0, 1); the {schedule} schedule with {kwargs or 'defaults'} "
+                        f"gives values from {float(betas.min()):.3g} to {float(betas.max()):.3g}")
+    return betas
