@@ -23,16 +23,6 @@ from diffusionlab.processes import forward_marginal, forward_step, posterior_mea
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The tensors here are small (≤ 400k numbers): one intra-op thread is as fast, and it keeps the runtime
-    stable on a loaded 2-core machine (two spinning threads stall each other there). Restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -30,14 +30,6 @@ F64 = torch.float64
 PROCESS_NAMES = ("vp", "subvp", "ve", "ddpm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

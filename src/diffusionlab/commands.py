@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import run as runs
+from ._files import checked_output_path, write_atomically
 from .data import load_dataset
 from .errors import UserError
 from .evaluation import save_image_grid, save_scatter, save_trajectory, save_trajectory_2d
@@ -99,15 +100,6 @@ def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)  # float images are scaled to [−1, 1] by min/max
 
 
-def _check_out(path: str, allowed: tuple[str, ...], what: str) -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in allowed:
-        raise UserError(f"{what} must end in {' or '.join(allowed)}, got {path!r}")
-    if not p.parent.exists():
-        raise UserError(f"the folder of {path!r} does not exist; create it first")
-    return p
-
-
 def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str = "uniform",
              trajectory_every: int | None = None, denoise: bool = True):
     """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process."""
@@ -129,9 +121,7 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
 def write_samples(run, x: torch.Tensor, out: Path) -> None:
     if out.suffix.lower() == ".npy":
         data = run.dataset.to_data_units(x).cpu().numpy().astype(np.float32)
-        tmp = out.with_name(f".{out.name}.tmp.npy")
-        np.save(tmp, data)
-        tmp.replace(out)
+        write_atomically(out, lambda handle: np.save(handle, data))
     elif run.dataset.kind == "image":
         save_image_grid(_to_unit_range(run, x), out)
     else:
@@ -146,8 +136,8 @@ def write_trajectory(run, frames: list[torch.Tensor], out: Path, n_show: int = 8
 
 
 def sample(args) -> int:
-    out = _check_out(args.out, (".png", ".npy"), "--out")
-    traj = _check_out(args.trajectory, (".png", ".gif"), "--trajectory") if args.trajectory else None
+    out = checked_output_path(args.out, (".png", ".npy"))
+    traj = checked_output_path(args.trajectory, (".png", ".gif")) if args.trajectory else None
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     if traj and run.dataset.kind == "vector" and traj.suffix.lower() != ".png":
         raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")

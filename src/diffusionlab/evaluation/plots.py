@@ -9,10 +9,7 @@ so a crash leaves either the old file or the new one, never half an image.
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from diffusionlab._files import checked_output_path, write_atomically
 from diffusionlab.errors import UserError
 
 # Small images (8x8 digits) are enlarged by an integer nearest-neighbour factor until the file is at least
@@ -42,43 +40,17 @@ _FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
 # --------------------------------------------------------------------------------------------- files
 
 
-def _checked_path(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
-    """``path`` as a Path, after checking its extension and that its folder exists."""
-    path = Path(path)
-    if path.suffix.lower() not in suffixes:
-        raise UserError(f"cannot write '{path}': the extension must be one of {', '.join(suffixes)}")
-    if not path.parent.is_dir():
-        raise UserError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
-    return path
-
-
-def _write_atomically(path: Path, write: Callable[[object], None]) -> None:
-    """Call ``write(file_object)`` on a fresh temporary file next to ``path``, then move it onto ``path``.
-
-    The temporary file lives in the same folder so that :func:`os.replace` is a rename on one file system
-    (atomic); it is opened with plain ``open`` (not mkstemp) so that it gets the usual umask permissions.
-    """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            write(handle)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_pil(image: Image.Image, path: Path, **options) -> None:
     """Save a Pillow image atomically; the format comes from the extension of ``path``."""
     image_format = path.suffix.lower().lstrip(".")
-    _write_atomically(path, lambda handle: image.save(handle, format=image_format, **options))
+    write_atomically(path, lambda handle: image.save(handle, format=image_format, **options))
 
 
 def _save_figure(figure: Figure, path: Path) -> None:
     """Render a matplotlib figure with the Agg canvas and save it atomically (fixed size, no tight bbox)."""
     FigureCanvasAgg(figure)
     image_format = path.suffix.lower().lstrip(".")
-    _write_atomically(path, lambda handle: figure.savefig(handle, format=image_format))
+    write_atomically(path, lambda handle: figure.savefig(handle, format=image_format))
 
 
 # -------------------------------------------------------------------------------------------- images
@@ -143,7 +115,7 @@ def save_image_grid(images, path, nrow: int | None = None, padding: int = 1, sca
     pixels. The grid is enlarged by the integer nearest-neighbour factor ``scale``; by default the smallest
     one that makes the file at least 256 px wide.
     """
-    path = _checked_path(path, _IMAGE_SUFFIXES)
+    path = checked_output_path(path, _IMAGE_SUFFIXES)
     if padding < 0:
         raise UserError(f"padding must be non-negative, got {padding}")
     if scale is not None and scale < 1:
@@ -184,7 +156,7 @@ def save_trajectory(frames, path, nrow: int | None = None) -> None:
 
     Small images are enlarged as in :func:`save_image_grid`.
     """
-    path = _checked_path(path, _TRAJECTORY_SUFFIXES)
+    path = checked_output_path(path, _TRAJECTORY_SUFFIXES)
     frames = _as_frames(frames)
     if path.suffix.lower() == ".gif":
         _save_gif(frames, path, _columns(frames[0].shape[0], nrow))
@@ -235,7 +207,7 @@ def save_scatter(points, path, reference=None, title: str | None = None) -> None
     Axes have equal aspect, so shapes are not distorted. For D > 2 only the first two coordinates are
     plotted, and the title says so. Extensions: .png, .pdf, .svg.
     """
-    path = _checked_path(path, _FIGURE_SUFFIXES)
+    path = checked_output_path(path, _FIGURE_SUFFIXES)
     points = _as_points(points, "points")
     reference = None if reference is None else _as_points(reference, "reference")
     figure = Figure(figsize=(5, 5), dpi=100, layout="constrained")
@@ -261,7 +233,7 @@ def save_trajectory_2d(frames, path) -> None:
     Each panel is 2.5 inches square at 100 dpi (250 px tall, 250 px per panel wide as PNG).
     Extensions: .png, .pdf, .svg.
     """
-    path = _checked_path(path, _FIGURE_SUFFIXES)
+    path = checked_output_path(path, _FIGURE_SUFFIXES)
     frames = [_as_points(frame, "each trajectory frame") for frame in frames]
     if not frames:
         raise UserError("the trajectory has no frames; record at least one step of the sampler")
