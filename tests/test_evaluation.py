@@ -157,11 +157,11 @@ def test_save_image_grid_default_layout_and_upscaling(tmp_path):
     images[0] = 0.0
     save_image_grid(images, tmp_path / "grid.png")
     with Image.open(tmp_path / "grid.png") as image:
-        # 4 columns x 3 rows of 8 px + 1 px padding = 37 x 28 px, enlarged 7x to reach 256 px.
-        assert image.size == (37 * 7, 28 * 7)
+        # 4 columns x 3 rows of 8 px + 1 px padding = 37 x 28 px, enlarged 14x to reach 512 px.
+        assert image.size == (37 * 14, 28 * 14)
         assert image.mode == "L"
         assert image.getpixel((0, 0)) == 255  # padding
-        assert image.getpixel((7, 7)) == 0  # first pixel of the black first image
+        assert image.getpixel((14, 14)) == 0  # first pixel of the black first image
 
 
 def test_save_image_grid_rgb_with_explicit_layout_and_no_upscaling_of_large_images(tmp_path):
@@ -169,17 +169,17 @@ def test_save_image_grid_rgb_with_explicit_layout_and_no_upscaling_of_large_imag
     with Image.open(tmp_path / "rgb.png") as image:
         assert image.size == ((2 * 10 + 2) * 3,) * 2
         assert image.mode == "RGB"
-    save_image_grid(torch.rand(1, 3, 300, 300, generator=gen()), tmp_path / "big.png")
+    save_image_grid(torch.rand(1, 3, 600, 600, generator=gen()), tmp_path / "big.png")
     with Image.open(tmp_path / "big.png") as image:
-        assert image.size == (302, 302)
+        assert image.size == (602, 602)
 
 
 def test_save_trajectory_png_strip_shows_ten_frames_including_first_and_last(tmp_path):
     save_trajectory(ramp_frames(25), tmp_path / "strip.png")
     with Image.open(tmp_path / "strip.png") as image:
-        # 10 columns x 3 sample rows of 8 px + padding = 91 x 28 px, enlarged 3x.
-        assert image.size == (91 * 3, 28 * 3)
-        centres = [image.getpixel(((1 + 9 * col + 4) * 3, (1 + 4) * 3)) for col in range(10)]
+        # 10 columns x 3 sample rows of 8 px + padding = 91 x 28 px, enlarged 6x (to reach 512 px).
+        assert image.size == (91 * 6, 28 * 6)
+        centres = [image.getpixel(((1 + 9 * col + 4) * 6, (1 + 4) * 6)) for col in range(10)]
     assert centres[0] == 0 and centres[-1] == 255
     assert centres == sorted(set(centres))  # ten distinct frames, in time order
 
@@ -189,7 +189,7 @@ def test_save_trajectory_gif_has_one_frame_per_step_and_holds_the_last(tmp_path)
     save_trajectory(frames, tmp_path / "anim.gif")
     with Image.open(tmp_path / "anim.gif") as image:
         assert image.n_frames == 5
-        assert image.size == (19 * 14, 19 * 14)  # 2 x 2 grid of 8 px + padding, enlarged 14x
+        assert image.size == (19 * 27, 19 * 27)  # 2 x 2 grid of 8 px + padding, enlarged 27x (≥ 512 px)
         first_duration = image.info["duration"]
         image.seek(4)
         assert image.info["duration"] > first_duration

@@ -22,7 +22,7 @@ from diffusionlab.errors import UserError
 
 # Small images (8x8 digits) are enlarged by an integer nearest-neighbour factor until the file is at least
 # this wide, so that pixels stay sharp squares and the picture is visible without zooming.
-MIN_WIDTH_PX = 256
+MIN_WIDTH_PX = 512
 # A trajectory strip shows at most this many time steps; a trajectory panel row at most this many.
 MAX_STRIP_FRAMES = 10
 N_SCATTER_PANELS = 6
@@ -113,7 +113,7 @@ def save_image_grid(images, path, nrow: int | None = None, padding: int = 1, sca
 
     ``nrow`` is the number of images per row (default ceil(√n)); cells are separated by ``padding`` white
     pixels. The grid is enlarged by the integer nearest-neighbour factor ``scale``; by default the smallest
-    one that makes the file at least 256 px wide.
+    one that makes the file at least 512 px wide.
     """
     path = checked_output_path(path, _IMAGE_SUFFIXES)
     if padding < 0:
