@@ -10,6 +10,11 @@ that takes the state from grid[0] to grid[−1]; ``sample`` is the one entry poi
 | ``ode_euler``         | probability-flow ODE, Euler                             | K                          |
 | ``ode_heun``          | probability-flow ODE, Heun (2nd order)                  | 2K − 1                     |
 | ``ode_rk45``          | probability-flow ODE, adaptive Dormand–Prince 5(4)      | adaptive (``rtol``/``atol``) |
+| ``dpmpp_2m``          | DPM-Solver++(2M), x̂₀ form in λ (Lu et al. 2022b Alg. 2) | K                          |
+| ``dpmpp_3m``          | DPM-Solver++(3M), third-order multistep                 | K                          |
+| ``dpmpp_2m_sde``      | SDE-DPM-Solver++(2M), midpoint form                     | K                          |
+| ``unipc``             | UniPC-2 (bh2) predictor + free corrector (Zhao et al.)  | K                          |
+| ``edm_heun``          | EDM Alg. 2 (Heun + S_churn) in σ̃ = σ/α (Karras et al.)  | 2K − 1                     |
 
 The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``sample`` makes by default.
 """
@@ -26,8 +31,11 @@ from ..errors import UserError
 from ..grids import time_grid
 from ..parametrization import Denoiser
 from .ancestral import ancestral, ddim
+from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .edm import edm_heun
 from .ode import ode_euler, ode_heun, ode_rk45
 from .sde import euler_maruyama, predictor_corrector
+from .unipc import unipc
 
 SAMPLERS: dict[str, Callable] = {
     "ancestral": ancestral,
@@ -37,6 +45,11 @@ SAMPLERS: dict[str, Callable] = {
     "ode_euler": ode_euler,
     "ode_heun": ode_heun,
     "ode_rk45": ode_rk45,
+    "dpmpp_2m": dpmpp_2m,
+    "dpmpp_3m": dpmpp_3m,
+    "dpmpp_2m_sde": dpmpp_2m_sde,
+    "unipc": unipc,
+    "edm_heun": edm_heun,
 }
 
 
@@ -93,4 +106,5 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
 
 
 __all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "ancestral", "ddim", "euler_maruyama",
-           "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45"]
+           "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
+           "unipc", "edm_heun"]
