@@ -110,12 +110,13 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
         if trajectory_every and (k % trajectory_every == 0 or float(t) == 0.0):
             frames.append(x.detach().clone())
 
-    x = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
-             generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise)
+    x, nfe = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
+                  generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise,
+                  return_nfe=True)
     if not torch.isfinite(x).all():
         raise UserError("sampling produced NaN/inf: the model may be under-trained or diverged; "
                         "try more training steps or another sampler")
-    return x, frames
+    return x, frames, nfe
 
 
 def write_samples(run, x: torch.Tensor, out: Path) -> None:
@@ -143,13 +144,13 @@ def sample(args) -> int:
         raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")
     steps = args.steps or run.process.default_steps()
     t0 = time.perf_counter()
-    x, frames = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
+    x, frames, nfe = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
                          trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise)
     write_samples(run, x, out)
     if traj:
         write_trajectory(run, frames, traj)
     print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
-          + f" ({args.sampler}, {steps} steps, {time.perf_counter() - t0:.1f} s)")
+          + f" ({args.sampler}, {steps} steps, {nfe} model evaluations, {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -242,7 +243,7 @@ def demo(args) -> int:
     else:
         train(train_args)
     run = runs.load_run(run_dir)
-    x, frames = generate(run, 64, "ancestral", None, seed=0, trajectory_every=50)
+    x, frames, _ = generate(run, 64, "ancestral", None, seed=0, trajectory_every=50)
     write_samples(run, x, out / "samples.png")
     write_trajectory(run, frames, out / "trajectory.png")
     write_trajectory(run, frames, out / "trajectory.gif")
