@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -76,13 +77,14 @@ def train(args) -> int:
     tcfg = runs.train_config(config)
     torch.manual_seed(tcfg.seed)  # the initial weights
     model = runs.build_model(config)
-    print(f"diffusionlab: training {config['network']['type']} ({count_parameters(model):,} parameters) on "
+    say = print if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # torchrun: rank 0 speaks
+    say(f"diffusionlab: training {config['network']['type']} ({count_parameters(model):,} parameters) on "
           f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, shape {tuple(dataset.shape)}), "
           f"process {config['process']['process']}, predicting {config['prediction']}, into {out}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
                           progress=not getattr(args, "no_progress", False))
-    print(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
+    say(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
           f"({result.steps_per_s:.1f} steps/s); checkpoint in {out}", flush=True)
     return 0
 
