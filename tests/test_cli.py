@@ -149,3 +149,19 @@ def test_every_process_trains_and_samples_from_the_cli(process, tmp_path, capsys
         assert np.isfinite(np.load(out)).all()
     code, stdout, _ = run_cli(capsys, "sample", tmp_path / "img", "--n", 4, "--out", tmp_path / "img.npy", "--steps", 3)
     assert code == 0 and np.load(tmp_path / "img.npy").shape == (4, 1, 8, 8)
+
+
+def test_torchrun_two_processes_through_the_cli(tmp_path):
+    """`torchrun --nproc_per_node 2 -m diffusionlab.cli train ...` on CPU (gloo): one summary, one checkpoint."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"network": {"type": "mlp", "dim": 2, "hidden": 32, "depth": 2},
+                               "train": {"batch_size": 32, "checkpoint_every": 10, "ema_decay": 0.9}}))
+    (tmp_path / "tmp").mkdir()
+    env = {**__import__("os").environ, "TMPDIR": str(tmp_path / "tmp"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m",
+                           "diffusionlab.cli", "train", "--data", "moons", "--out", str(tmp_path / "run"), "--steps",
+                           "20", "--config", str(cfg), "--no-progress"], capture_output=True, text=True, timeout=180,
+                          env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("diffusionlab: done: step 20") == 1
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 20

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import warnings
 
@@ -106,6 +107,17 @@ def _one_line_warning(message, category, filename, lineno, line=None):
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _run(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Under torchrun, gloo's threads can abort the interpreter at exit ("terminate called without an
+        # active exception") after the work is done; leaving without interpreter teardown avoids it.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning  # the CLI's warnings are for people: no source lines
     try:
         args = build_parser().parse_args(argv)
