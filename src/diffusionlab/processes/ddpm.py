@@ -96,6 +96,15 @@ class DDPM(Process):
     def d_sigma2(self, t: Tensor) -> Tensor:
         return -torch.exp(self._log_alpha_bar_at(t)) * self._interval_slope(t)
 
+    def t_from_log_snr(self, lam: Tensor) -> Tensor:
+        """Closed-form inverse of λ(t) = log(ᾱ(t)/(1 − ᾱ(t))): log ᾱ = log sigmoid(λ), then the linear piece of
+        log ᾱ(t) that holds this value is inverted (times outside [0, 1] are clamped to the ends)."""
+        log_ab = torch.nn.functional.logsigmoid(torch.as_tensor(lam, dtype=torch.float64))
+        table = -self._log_alpha_bar.to(log_ab.device)  # increasing in i
+        i = torch.searchsorted(table, -log_ab).clamp(1, self.T) - 1  # table[i] ≤ −log ᾱ ≤ table[i + 1]
+        frac = (-log_ab - table[i]) / (table[i + 1] - table[i])
+        return ((i + frac.clamp(0, 1)) / self.T).clamp(0.0, 1.0)
+
     def snap(self, t: Tensor) -> Tensor:
         """Round to the grid i/T, i ∈ {1, …, T}: the times a DDPM model was trained on."""
         return torch.round(t * self.T).clamp(1, self.T) / self.T

@@ -17,6 +17,7 @@ that takes the state from grid[0] to grid[−1]; ``sample`` is the one entry poi
 | ``edm_heun``          | EDM Alg. 2 (Heun + S_churn) in σ̃ = σ/α (Karras et al.)  | 2K − 1                     |
 
 The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``sample`` makes by default.
+``optimize_grid`` (``tuning.py``) fits the K times of a deterministic sampler to a model; pass its ``.grid``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .edm import edm_heun
 from .ode import ode_euler, ode_heun, ode_rk45
 from .sde import euler_maruyama, predictor_corrector
+from .tuning import GridSearchResult, optimize_grid
 from .unipc import unipc
 
 SAMPLERS: dict[str, Callable] = {
@@ -105,6 +107,6 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     return (x, denoiser.nfe) if return_nfe else x
 
 
-__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "ancestral", "ddim", "euler_maruyama",
+__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "optimize_grid", "GridSearchResult", "ancestral", "ddim", "euler_maruyama",
            "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
            "unipc", "edm_heun"]

@@ -3,6 +3,11 @@ integrated from t_max down to t_min: Euler (lecture §4), Heun (2nd order) and a
 
 from __future__ import annotations
 
+import math
+
+import torch
+
+from .._tensor import bcast
 from ..dynamics import probability_flow
 from ..solvers import dopri5
 from ._loop import integrate
@@ -29,8 +34,30 @@ def ode_heun(denoiser, process, x, grid, *, generator=None, callback=None):
 def ode_rk45(denoiser, process, x, grid, *, generator=None, callback=None, rtol: float = 1e-5, atol: float = 1e-5):
     """Adaptive Dormand–Prince 5(4) from grid[0] to grid[−1]; interior grid points are ignored and the
     solver chooses its own steps (``steps`` only sets the endpoints). NFE is adaptive: read ``denoiser.nfe``.
-    ``callback(k, t, x)`` is called after each accepted step."""
+
+    The PF-ODE is integrated in the noise-to-signal ratio σ̃ = σ/α with y = x/α, where it reads
+
+        dy/dσ̃ = ε̂(α(t) y, t),   t = t(σ̃)
+
+    (Song et al. 2020, DDIM eq. 14; Karras et al. 2022, eq. 4 with s = α). It is the same ODE as
+    dx/dt = f x − ½ g² ∇log p_t, but its right-hand side depends on the schedule only through σ̃, so it is
+    smooth even where β(t) jumps (DDPM's piecewise-constant β made RK45 in t take ~30× more steps and still
+    miss the solution by ~1e-3). Tolerances apply to y. ``callback(k, t, x)`` after each accepted step."""
+    t_hi, t_lo = (torch.as_tensor(float(v), dtype=torch.float64) for v in (grid[0], grid[-1]))
+
+    def noise_to_signal(t):
+        return float(process.sigma(t) / process.alpha(t))
+
+    def time_of(s: float):
+        return process.t_from_log_snr(torch.tensor(-2.0 * math.log(s), dtype=torch.float64))
+
+    def fun(s, y):
+        t = time_of(s)
+        return denoiser(bcast(process.alpha(t), y) * y, t).eps
+
     counter = iter(range(1, 10**9))
-    on_step = None if callback is None else (lambda t, y: callback(next(counter), t, y))
-    fun = lambda t, y: probability_flow(denoiser, process, y, t)  # noqa: E731
-    return dopri5(fun, float(grid[0]), float(grid[-1]), x, rtol=rtol, atol=atol, on_step=on_step).y
+    on_step = None if callback is None else (
+        lambda s, y: callback(next(counter), time_of(s), y * float(process.alpha(time_of(s)))))
+    a_hi, a_lo = float(process.alpha(t_hi)), float(process.alpha(t_lo))
+    sol = dopri5(fun, noise_to_signal(t_hi), noise_to_signal(t_lo), x / a_hi, rtol=rtol, atol=atol, on_step=on_step)
+    return sol.y * a_lo

@@ -1,0 +1,121 @@
+"""Time grids fitted to a model: the K sampling times that make a given sampler follow the model's own
+probability-flow ODE most closely (in the spirit of Sabour et al. 2024, "Align Your Steps", which fits the
+grid to the model; here the criterion is the trajectory error itself, as in Xue et al. 2024's optimal
+stepsizes, rather than a KL bound).
+
+    result = optimize_grid(model, process, "unipc", steps=10, x_T=calibration_noise)
+    x = sample(model, process, "unipc", x_T=fresh_noise, grid=result.grid)
+
+The objective is E(grid) = sqrt(mean_i |x̂_i(grid) − x_i^ref|²): x̂ the sampler's output from the calibration
+noise x_T, x^ref the same noise carried by the adaptive ODE solver (``ode_rk45``) to t_min and denoised,
+i.e. the exact answer every deterministic sampler approximates. Candidate times live on a lattice: the
+training steps i/T of a discrete process, else 1,001 times uniform in log-SNR. Coordinate descent moves one
+interior time at a time (t_max stays): first over ``candidates`` positions uniform in log-SNR between its
+neighbours, then by a halving pattern search in lattice steps; sweeps repeat until none improves. The last
+time is free too, so the search also decides where the final jump to x̂₀ starts.
+
+Cost: about sweeps·(K−1)·(candidates + 10) sampler runs of K evaluations on the calibration batch, plus the
+reference. Fit on calibration noise and evaluate on fresh noise.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+DETERMINISTIC = ("ddim", "ode_euler", "ode_heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun")
+
+
+class GridSearchResult(NamedTuple):
+    grid: Tensor          # the fitted times, strictly decreasing, float64
+    error: float          # E(grid) on the calibration noise
+    start_error: float    # E of the starting grid
+    runs: int             # sampler runs spent
+
+
+def grid_lattice(process, size: int = 1001) -> Tensor:
+    """Candidate times, decreasing from t_max to t_min: i/T for a discrete process, else ``size`` times uniform
+    in log-SNR."""
+    if process.discrete:
+        return torch.arange(process.T, 0, -1, dtype=torch.float64) / process.T
+    lam = process.log_snr(torch.tensor([process.t_max, process.t_min], dtype=torch.float64))
+    t = process.t_from_log_snr(torch.linspace(float(lam[0]), float(lam[1]), size, dtype=torch.float64))
+    t[0], t[-1] = process.t_max, process.t_min
+    return t
+
+
+def rms_error(x: Tensor, ref: Tensor) -> float:
+    """sqrt(mean over samples of the squared Euclidean distance)."""
+    return float(((x - ref).reshape(len(x), -1) ** 2).sum(1).mean().sqrt())
+
+
+def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, prediction: str = "eps",
+                  reference: Tensor | None = None, start: str = "logsnr", sweeps: int = 4, candidates: int = 16,
+                  rtol: float = 1e-7, **options) -> GridSearchResult:
+    """Fit the ``steps`` grid times of a deterministic ``sampler`` to ``model`` on calibration noise ``x_T``
+    (see the module docstring). ``reference`` is the exact output for ``x_T`` if already known; ``options``
+    go to the sampler."""
+    from . import sample, time_grid  # here to avoid an import cycle
+
+    if sampler not in DETERMINISTIC:
+        raise UserError(f"optimize_grid fits deterministic samplers ({', '.join(DETERMINISTIC)}), not {sampler!r}")
+    if int(steps) < 2:
+        raise UserError("optimize_grid needs steps >= 2")
+    lattice = grid_lattice(process)
+    if int(steps) > len(lattice):
+        raise UserError(f"steps={steps} exceeds the {len(lattice)} candidate times")
+    if reference is None:
+        reference = sample(model, process, "ode_rk45", x_T=x_T, grid=lattice[[0, -1]], prediction=prediction,
+                           rtol=rtol, atol=rtol)
+    lam = process.log_snr(lattice)
+    runs = 0
+
+    def error(idx: list[int]) -> float:
+        nonlocal runs
+        runs += 1
+        x = sample(model, process, sampler, x_T=x_T, grid=lattice[idx], prediction=prediction, **options)
+        e = rms_error(x, reference)
+        return e if math.isfinite(e) else math.inf
+
+    # the starting grid, moved onto the lattice (strictly increasing indices)
+    start_t = time_grid(process, steps, start)
+    idx = [int(torch.argmin((lattice - t).abs())) for t in start_t]
+    for k in range(1, len(idx)):
+        idx[k] = max(idx[k], idx[k - 1] + 1)
+    if idx[-1] >= len(lattice):
+        idx = list(range(len(idx)))
+    best = start_error = error(idx)
+    for _ in range(sweeps):
+        improved = False
+        for k in range(1, len(idx)):
+            lo, hi = idx[k - 1] + 1, (idx[k + 1] - 1 if k + 1 < len(idx) else len(lattice) - 1)
+            if hi <= lo:
+                continue
+            targets = torch.linspace(float(lam[lo]), float(lam[hi]), candidates + 1, dtype=torch.float64)
+            tried = {idx[k]}
+            for v in sorted({lo + int(torch.argmin((lam[lo:hi + 1] - x).abs())) for x in targets} - tried):
+                tried.add(v)
+                trial = idx[:k] + [v] + idx[k + 1:]
+                e = error(trial)
+                if e < best:
+                    best, idx, improved = e, trial, True
+            step = max(1, (hi - lo) // (2 * candidates))
+            while step >= 1:
+                moved = False
+                for v in (idx[k] - step, idx[k] + step):
+                    if lo <= v <= hi and v not in tried:
+                        tried.add(v)
+                        trial = idx[:k] + [v] + idx[k + 1:]
+                        e = error(trial)
+                        if e < best:
+                            best, idx, improved, moved = e, trial, True, True
+                if not moved:
+                    step //= 2
+        if not improved:
+            break
+    return GridSearchResult(grid=lattice[idx].clone(), error=best, start_error=start_error, runs=runs)
