@@ -81,10 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
     e.add_argument("run_dir")
     e.add_argument("--data", required=True, help="data spec; the test split (by the run's seed) is used")
-    e.add_argument("--metric", default="bpd", choices=["bpd"])
+    e.add_argument("--metric", default="bpd", choices=["bpd", "fid"],
+                   help="bpd: bits/dim of the test split; fid: Fréchet Inception Distance of n samples to the "
+                        "test split (images only; needs pip install 'diffusionlab[fid]')")
     e.add_argument("--method", default="elbo", choices=["elbo", "ode"],
                    help="ELBO bound (all terms or stratified) or the probability-flow ODE")
-    e.add_argument("--n", type=_positive_int, help="evaluate at most n test examples")
+    e.add_argument("--n", type=_positive_int, help="bpd: evaluate at most n test examples; fid: number of "
+                                                    "samples to draw (default: as many as the test split has)")
+    e.add_argument("--sampler", default="dpmpp_2m", choices=list(SAMPLERS), help="fid: the sampler")
+    e.add_argument("--steps", type=_positive_int, default=20, help="fid: sampler grid points")
+    e.add_argument("--grid", default="logsnr", choices=list(GRIDS), help="fid: time grid")
     e.add_argument("--strata", type=_positive_int, help="ELBO: stratified estimate with this many terms "
                                                         "per example (default: all terms)")
     e.add_argument("--variance", default="large", choices=["large", "small"],
@@ -92,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "large is the tighter bound on the digits and on Gaussian data")
     e.add_argument("--probes", type=_positive_int, default=1, help="ODE: Hutchinson probes per example")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--batch-size", type=_positive_int, default=256, help="examples per batch (fid: samples "
+                                                                         "drawn per batch, seeds seed, seed+1, …)")
 
     d = sub.add_parser("demo", help="train a UNet DDPM on the digits and write pictures and bits/dim",
                        formatter_class=fmt)

@@ -207,8 +207,45 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
     return result
 
 
+def _as_unit_images(run, x: torch.Tensor) -> torch.Tensor:
+    """Samples or data in model units → images in [0, 1], quantized to the data's levels (as the data is stored)."""
+    ds = run.dataset
+    if ds.levels is not None:
+        return (ds.quantize(ds.to_data_units(x)) / (ds.levels - 1)).clamp(0, 1)
+    return _to_unit_range(run, x)
+
+
+def evaluate_fid(run, spec: str, n: int | None, sampler: str, steps: int, grid: str, seed: int,
+                 batch_size: int) -> dict:
+    """FID of ``n`` samples from the run (in batches of ``batch_size``, seeded seed, seed+1, …) to the test split."""
+    from .evaluation import fid as fid_lib
+
+    if run.dataset.kind != "image":
+        raise UserError(f"FID compares images, but this run was trained on vectors of shape "
+                        f"{tuple(run.dataset.shape)}; use --metric bpd")
+    fid_lib.inception_model()  # a missing extra fails here, before any sampling
+    reference = _as_unit_images(run, _test_data(run, spec, None))
+    if len(reference) < 2:
+        raise UserError(f"the test split of {spec!r} has {len(reference)} image(s); FID needs at least 2")
+    n = n or len(reference)
+    if n < 2:
+        raise UserError("FID needs at least 2 samples: pass --n 2 or more")
+    parts, nfe = [], 0
+    for k, start in enumerate(range(0, n, batch_size)):
+        x, _, nfe = generate(run, min(batch_size, n - start), sampler, steps, seed + k, grid)
+        parts.append(_as_unit_images(run, x))
+    generated = fid_lib.inception_features(torch.cat(parts))
+    score = fid_lib.frechet_distance_from_features(generated, fid_lib.inception_features(reference, cache=True))
+    return {"metric": "fid", "fid": score, "n_generated": n,
+            "n_reference": len(reference), "sampler": sampler, "steps": steps, "grid": grid, "nfe": nfe}
+
+
 def eval(args) -> int:  # noqa: A001 - the command's name
     run = runs.load_run(args.run_dir)
+    if args.metric == "fid":
+        print(json.dumps(evaluate_fid(run, args.data, args.n, args.sampler, args.steps, args.grid, args.seed,
+                                      args.batch_size)))
+        return 0
     x = _test_data(run, args.data, args.n)
     result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance)
     print(json.dumps(result))
