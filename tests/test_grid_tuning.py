@@ -75,3 +75,17 @@ def test_grid_lattice_and_errors():
         dl.optimize_grid(model, ddpm, "ancestral", 5, calibration)
     with pytest.raises(UserError, match="steps"):
         dl.optimize_grid(model, ddpm, "unipc", 1, calibration)
+
+
+def test_several_starting_grids_keep_the_best_search():
+    process = dl.DDPM(1000)
+    model, calibration, _ = _setup(process)
+    early = torch.linspace(1.0, 0.25, 4, dtype=F64)  # diffusers' "linspace" spacing for 4 steps
+    ref = dl.sample(model, process, "ode_rk45", 2, x_T=calibration, rtol=1e-8, atol=1e-8)
+    alone = [dl.optimize_grid(model, process, "dpmpp_2m", 4, calibration, reference=ref, start=s)
+             for s in ("logsnr", early)]
+    both = dl.optimize_grid(model, process, "dpmpp_2m", 4, calibration, reference=ref, start=["logsnr", early])
+    assert both.error == min(r.error for r in alone)
+    assert both.runs == sum(r.runs for r in alone)
+    with pytest.raises(UserError, match="starting grid"):
+        dl.optimize_grid(model, process, "dpmpp_2m", 4, calibration, reference=ref, start=early[:3])

@@ -55,23 +55,36 @@ def rms_error(x: Tensor, ref: Tensor) -> float:
 
 
 def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, prediction: str = "eps",
-                  reference: Tensor | None = None, start: str = "logsnr", sweeps: int = 4, candidates: int = 16,
+                  reference: Tensor | None = None, start="logsnr", sweeps: int = 4, candidates: int = 16,
                   rtol: float = 1e-7, **options) -> GridSearchResult:
     """Fit the ``steps`` grid times of a deterministic ``sampler`` to ``model`` on calibration noise ``x_T``
-    (see the module docstring). ``reference`` is the exact output for ``x_T`` if already known; ``options``
-    go to the sampler."""
-    from . import sample, time_grid  # here to avoid an import cycle
+    (see the module docstring). ``start`` is a grid kind, a tensor of times, or a list of these: the search
+    runs from each and keeps the best. ``reference`` is the exact output for ``x_T`` if already known;
+    ``options`` go to the sampler."""
+    from . import sample  # here to avoid an import cycle
 
     if sampler not in DETERMINISTIC:
         raise UserError(f"optimize_grid fits deterministic samplers ({', '.join(DETERMINISTIC)}), not {sampler!r}")
     if int(steps) < 2:
         raise UserError("optimize_grid needs steps >= 2")
+    if reference is None:
+        t_ends = torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
+        reference = sample(model, process, "ode_rk45", x_T=x_T, grid=t_ends, prediction=prediction,
+                           rtol=rtol, atol=rtol)
+    starts = list(start) if isinstance(start, (list, tuple)) else [start]
+    results = [_search(model, process, sampler, steps, x_T, prediction, reference, s, sweeps, candidates, options)
+               for s in starts]
+    best = min(results, key=lambda r: r.error)
+    return best._replace(runs=sum(r.runs for r in results))
+
+
+def _search(model, process, sampler, steps, x_T, prediction, reference, start, sweeps, candidates, options):
+    """Coordinate descent on the lattice from one starting grid (see the module docstring)."""
+    from . import sample, time_grid  # here to avoid an import cycle
+
     lattice = grid_lattice(process)
     if int(steps) > len(lattice):
         raise UserError(f"steps={steps} exceeds the {len(lattice)} candidate times")
-    if reference is None:
-        reference = sample(model, process, "ode_rk45", x_T=x_T, grid=lattice[[0, -1]], prediction=prediction,
-                           rtol=rtol, atol=rtol)
     lam = process.log_snr(lattice)
     runs = 0
 
@@ -83,7 +96,9 @@ def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, pred
         return e if math.isfinite(e) else math.inf
 
     # the starting grid, moved onto the lattice (strictly increasing indices)
-    start_t = time_grid(process, steps, start)
+    start_t = time_grid(process, steps, start) if isinstance(start, str) else torch.as_tensor(start, dtype=torch.float64)
+    if len(start_t) != int(steps):
+        raise UserError(f"a starting grid must have steps={steps} times, got {len(start_t)}")
     idx = [int(torch.argmin((lattice - t).abs())) for t in start_t]
     for k in range(1, len(idx)):
         idx[k] = max(idx[k], idx[k - 1] + 1)
