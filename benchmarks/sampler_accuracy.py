@@ -10,7 +10,8 @@ same x_T ~ N(0, I) (float64, n points).
 Methods
 * diffusionlab: ``dl.sample`` with the sampler and grid kind named in the row (NFE counted by ``dl.sample``).
   Grid ``fitted``: ``dl.optimize_grid`` fits the K times to the model on *calibration* noise (a different
-  seed from the evaluation noise, n_cal points); fitted for NFE ≤ 20 (its cost grows like K²).
+  seed from the evaluation noise, n_cal points), searched from two starting grids (log-SNR, and uniform in t
+  ending at t = 1/K like diffusers' "linspace" spacing), the better kept; fitted for NFE ≤ 20 (cost ~ K²).
 * diffusers: each scheduler's ``set_timesteps`` / ``step`` loop, default config (linear β 1e-4 → 0.02, T = 1000)
   plus the variants named in the row; ``clip_sample=False`` for DDPM/DDIM, whose default clips x̂₀ to [−1, 1]
   (the ring has radius 2: clipping alone would put their error at ~0.6–1.9 at every NFE). The model is called with diffusers' timestep k, mapped to our time as
@@ -236,7 +237,9 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
                 if target > FITTED_MAX_NFE or target < 2:
                     continue
                 t0 = time.perf_counter()
-                fit = dl.optimize_grid(model, process, name, target, x_cal, reference=ref_cal)
+                early = torch.linspace(1.0, 1.0 / target, target, dtype=F64)  # diffusers' "linspace" spacing
+                fit = dl.optimize_grid(model, process, name, target, x_cal, reference=ref_cal,
+                                       start=["logsnr", early])
                 x, used = dl.sample(model, process, name, x_T=x_T, grid=fit.grid, return_nfe=True)
                 row["runs"][str(target)] = _entry(x, used, True, ref, mix, n_proj, seed, fl)
                 row["grids"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
