@@ -45,16 +45,19 @@ def _rms(x: Tensor) -> Tensor:
     return x.pow(2).mean().sqrt()
 
 
-def _initial_step(fun, t0, y0, f0, direction, rtol, atol) -> float:
-    """Starting step size of Hairer et al. (II.4, algorithm on p. 169), as in scipy."""
+def _initial_step(fun, t0, y0, f0, direction, rtol, atol, interval) -> float:
+    """Starting step size of Hairer et al. (II.4, algorithm on p. 169), as in scipy; never longer than the
+    ``interval`` to integrate, so that ``fun`` is only called inside it (a short interval near σ̃ = 0 would
+    otherwise probe a negative σ̃)."""
     scale = atol + y0.abs() * rtol
     d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
+    h0 = min(h0, interval)
     y1 = y0 + direction * h0 * f0
     f1 = fun(t0 + direction * h0, y1)
     d2 = float(_rms((f1 - f0) / scale)) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(float(d1), d2) <= 1e-15 else (0.01 / max(float(d1), d2)) ** (1 / 5)
-    return min(100 * h0, h1)
+    return min(100 * h0, h1, interval)
 
 
 def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Tensor, *, rtol: float = 1e-5,
@@ -70,7 +73,7 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
     t, y = float(t0), y0
     f = fun(t, y)
     nfe, steps, rejected = 1, 0, 0
-    h = _initial_step(fun, t, y, f, direction, rtol, atol)
+    h = _initial_step(fun, t, y, f, direction, rtol, atol, abs(t1 - t))
     nfe += 1
     while direction * (t1 - t) > 1e-12 * max(1.0, abs(t1)):
         if steps + rejected >= max_steps:
