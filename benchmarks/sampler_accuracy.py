@@ -188,7 +188,8 @@ def dist_metrics(mix, x, n_proj: int, seed: int, entropy: float) -> dict:
 # --- the benchmark --------------------------------------------------------------------------------------------
 def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", dl_methods=None,
          diffusers_methods=None, beds=None, n_proj: int = 256, seed: int = 0, verbose: bool = True,
-         fitted=FITTED, n_cal: int | None = None) -> dict:
+         fitted=FITTED, n_cal: int | None = None, multistep: bool = True, n_cal_multistep: int | None = None,
+         multistep_fit: dict | None = None) -> dict:
     t_start = time.perf_counter()
     torch.set_num_threads(1)  # tiny tensor ops: one thread is ~30x faster than two fighting over 2 cores
     torch.manual_seed(seed)
@@ -230,6 +231,7 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
                 log(f"[{bed}] diffusionlab {label:10s} {grid:8s} " + _fmt_row(row, nfes))
         x_cal = process.prior_sample((n_cal, mix.dim), torch.Generator().manual_seed(seed + 99), dtype=F64)
         ref_cal = dl.sample(model, process, "ode_rk45", 2, x_T=x_cal, rtol=1e-8, atol=1e-8) if fitted else None
+        fitted_grids = {}
         for name in fitted:
             row = {"library": "diffusionlab", "method": name, "variant": "fitted", "deterministic": True,
                    "runs": {}, "grids": {}}
@@ -242,11 +244,17 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
                                        start=["logsnr", early])
                 x, used = dl.sample(model, process, name, x_T=x_T, grid=fit.grid, return_nfe=True)
                 row["runs"][str(target)] = _entry(x, used, True, ref, mix, n_proj, seed, fl)
+                if fit.error < fitted_grids.get(target, (None, math.inf))[1]:
+                    fitted_grids[target] = (fit.grid, fit.error)
                 row["grids"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
                                              "calibration_error": fit.error, "start_error": fit.start_error,
                                              "runs": fit.runs, "seconds": time.perf_counter() - t0}
             rows.append(row)
             log(f"[{bed}] diffusionlab {name:10s} fitted   " + _fmt_row(row, nfes))
+        if fitted and multistep:
+            rows.append(fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_proj, seed, fl,
+                                             n_cal_multistep or 4 * n_cal, multistep_fit or {}))
+            log(f"[{bed}] diffusionlab fitted_multistep  " + _fmt_row(rows[-1], nfes))
         for label, cls_name, variant, kwargs, det in diffusers_methods:
             row = {"library": "diffusers", "method": label, "variant": variant, "deterministic": det,
                    "scheduler": cls_name, "kwargs": kwargs, "runs": {}}
@@ -270,6 +278,29 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
     write_outputs(results, out_dir, nfes)
     log(render_markdown(results, nfes))
     return results
+
+
+def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_proj, seed, fl, n_cal, fit_options) -> dict:
+    """``dl.fit_multistep`` on the best fitted grid of each NFE (lowest calibration error among the ``fitted``
+    samplers), with its own calibration noise of ``n_cal`` draws (seed + 199, neither the evaluation nor the
+    grid's calibration noise); ``fit_options`` go to ``fit_multistep``."""
+    row = {"library": "diffusionlab", "method": "fitted_multistep", "variant": "fitted grid + coefficients",
+           "deterministic": True, "runs": {}, "multistep": {}}
+    x_cal = process.prior_sample((n_cal, x_T.shape[1]), torch.Generator().manual_seed(seed + 199), dtype=F64)
+    ref_cal = dl.exact_solution(model, process, x_cal, rtol=1e-8)
+    for target in nfes:
+        if target not in fitted_grids:
+            continue
+        t0 = time.perf_counter()
+        fit = dl.fit_multistep(model, process, fitted_grids[target][0], x_cal, reference=ref_cal, **fit_options)
+        x, used = dl.sample(model, process, "fitted_multistep", x_T=x_T, grid=fit.grid,
+                            coefficients=fit.coefficients, return_nfe=True)
+        row["runs"][str(target)] = _entry(x, used, True, ref, mix, n_proj, seed, fl)
+        row["multistep"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
+                                         "coefficients": fit.coefficients, "calibration_error": fit.error,
+                                         "start_error": fit.start_error, "iterations": fit.iterations,
+                                         "n_calibration": n_cal, "seconds": time.perf_counter() - t0}
+    return row
 
 
 def _entry(x, used, det, ref, mix, n_proj, seed, fl) -> dict:
@@ -397,6 +428,13 @@ def render_markdown(results, nfes) -> str:
                 for t, gi in r["grids"].items():
                     lines.append(f"- {r['method']} NFE {t}: {gi['steps_i']} ({gi['start_error']:.3g} → "
                                  f"{gi['calibration_error']:.3g}, {gi['runs']} sampler runs, {gi['seconds']:.0f} s)")
+        for r in b["rows"]:
+            if r.get("multistep"):
+                lines += ["", f"`dl.fit_multistep` on the best fitted grid of each NFE (its own calibration noise; RMS "
+                          "error on it: DDIM's coefficients → fitted):", ""]
+                for t, m in r["multistep"].items():
+                    lines.append(f"- NFE {t}: grid {m['steps_i']}, {m['n_calibration']} draws ({m['start_error']:.3g} → "
+                                 f"{m['calibration_error']:.3g}, {m['iterations']} L-BFGS iterations, {m['seconds']:.0f} s)")
         rm = b["reference_metrics"]
         lines += ["", f"Distribution metrics at NFE 10 and 20. MC floors at n = {cfg['n']}: SW2 "
                   f"{fl['sw_floor_mean']:.4f} ± {fl['sw_floor_std']:.4f}, TV {fl['tv_floor_mean']:.4f} ± "
@@ -475,11 +513,12 @@ def cli(argv=None) -> None:
     p.add_argument("--n", type=int, default=None)
     p.add_argument("--nfes", type=str, default=None, help="comma-separated NFE targets")
     p.add_argument("--out", type=str, default=str(HERE / "results"))
-    p.add_argument("--no-fit", action="store_true", help="skip the fitted-grid rows (dl.optimize_grid)")
+    p.add_argument("--no-fit", action="store_true", help="skip the fitted rows (dl.optimize_grid, dl.fit_multistep)")
+    p.add_argument("--no-multistep", action="store_true", help="skip the dl.fit_multistep rows")
     a = p.parse_args(argv)
     n = a.n or (500 if a.quick else 2000)
     nfes = tuple(int(v) for v in a.nfes.split(",")) if a.nfes else ((5, 10, 20) if a.quick else NFES_FULL)
-    main(n=n, nfes=nfes, out_dir=a.out, fitted=() if a.no_fit else FITTED)
+    main(n=n, nfes=nfes, out_dir=a.out, fitted=() if a.no_fit else FITTED, multistep=not a.no_multistep)
 
 
 if __name__ == "__main__":

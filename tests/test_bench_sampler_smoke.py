@@ -23,7 +23,8 @@ def test_sampler_accuracy_smoke(tmp_path):
     dl_methods = [m for m in bench.DL_METHODS if m[0] in ("unipc", "ancestral")]
     hf_methods = [m for m in bench.DIFFUSERS_METHODS if m[1] in ("UniPCMultistepScheduler", "DDPMScheduler")]
     res = bench.main(n=96, nfes=(5, 10), out_dir=tmp_path, dl_methods=dl_methods, diffusers_methods=hf_methods,
-                     beds=["ring2d"], n_proj=32, fitted=("unipc",), n_cal=96, verbose=False)
+                     beds=["ring2d"], n_proj=32, fitted=("unipc",), n_cal=96, n_cal_multistep=128,
+                     multistep_fit={"rounds": 1, "max_iter": 20}, verbose=False)
     for name in ("sampler_accuracy.json", "sampler_accuracy.md", "sampler_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "sampler_accuracy.json").read_text())
@@ -37,6 +38,12 @@ def test_sampler_accuracy_smoke(tmp_path):
     assert fitted["nfe"] == logsnr["nfe"] == 5
     assert math.isfinite(fitted["ode_error"]) and fitted["ode_error"] < 0.5 * logsnr["ode_error"]
     assert by[("diffusionlab", "unipc", "fitted")]["runs"]["10"]["nfe"] == 10
+    multi = by[("diffusionlab", "fitted_multistep", "fitted grid + coefficients")]
+    for nfe in ("5", "10"):
+        assert multi["runs"][nfe]["nfe"] == int(nfe)
+        fit = multi["multistep"][nfe]
+        assert fit["steps_i"] == by[("diffusionlab", "unipc", "fitted")]["grids"][nfe]["steps_i"]  # the only fitted grid
+        assert fit["calibration_error"] <= fit["start_error"]
     assert by[("diffusers", "DDPM", "default")]["runs"]["5"]["ode_error"] is None  # stochastic: no ODE error
     t = res["targets"]["ring2d"]["ode_error_nfe5"]
     best_theirs = min(r["runs"]["5"]["ode_error"] for r in rows

@@ -15,9 +15,12 @@ that takes the state from grid[0] to grid[−1]; ``sample`` is the one entry poi
 | ``dpmpp_2m_sde``      | SDE-DPM-Solver++(2M), midpoint form                     | K                          |
 | ``unipc``             | UniPC-2 (bh2) predictor + free corrector (Zhao et al.)  | K                          |
 | ``edm_heun``          | EDM Alg. 2 (Heun + S_churn) in σ̃ = σ/α (Karras et al.)  | 2K − 1                     |
+| ``fitted_multistep``  | linear multistep, coefficients fitted to the model      | K                          |
 
 The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``sample`` makes by default.
 ``optimize_grid`` (``tuning.py``) fits the K times of a deterministic sampler to a model; pass its ``.grid``.
+``fit_multistep`` (``fitted.py``) fits the coefficients of ``fitted_multistep`` on a grid; pass its ``.grid`` and
+``coefficients=`` its ``.coefficients``.
 """
 
 from __future__ import annotations
@@ -34,9 +37,10 @@ from ..parametrization import Denoiser
 from .ancestral import ancestral, ddim
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .edm import edm_heun
+from .fitted import FittedMultistep, fit_multistep, fitted_multistep
 from .ode import ode_euler, ode_heun, ode_rk45
 from .sde import euler_maruyama, predictor_corrector
-from .tuning import GridSearchResult, optimize_grid
+from .tuning import GridSearchResult, exact_solution, optimize_grid
 from .unipc import unipc
 
 SAMPLERS: dict[str, Callable] = {
@@ -52,6 +56,7 @@ SAMPLERS: dict[str, Callable] = {
     "dpmpp_2m_sde": dpmpp_2m_sde,
     "unipc": unipc,
     "edm_heun": edm_heun,
+    "fitted_multistep": fitted_multistep,
 }
 
 
@@ -107,6 +112,7 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     return (x, denoiser.nfe) if return_nfe else x
 
 
-__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "optimize_grid", "GridSearchResult", "ancestral", "ddim", "euler_maruyama",
+__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "optimize_grid", "GridSearchResult", "exact_solution",
+           "fit_multistep", "FittedMultistep", "fitted_multistep", "ancestral", "ddim", "euler_maruyama",
            "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
            "unipc", "edm_heun"]

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..errors import UserError
 
-DETERMINISTIC = ("ddim", "ode_euler", "ode_heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun")
+DETERMINISTIC = ("ddim", "ode_euler", "ode_heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "fitted_multistep")
 
 
 class GridSearchResult(NamedTuple):
@@ -54,6 +54,15 @@ def rms_error(x: Tensor, ref: Tensor) -> float:
     return float(((x - ref).reshape(len(x), -1) ** 2).sum(1).mean().sqrt())
 
 
+def exact_solution(model, process, x_T: Tensor, *, prediction: str = "eps", rtol: float = 1e-7) -> Tensor:
+    """What every deterministic sampler approximates: the probability-flow ODE solved from x_T at t_max to
+    t_min by ``ode_rk45`` (rtol = atol = ``rtol``), then x̂₀(x_{t_min}, t_min)."""
+    from . import sample  # here to avoid an import cycle
+
+    t_ends = torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
+    return sample(model, process, "ode_rk45", x_T=x_T, grid=t_ends, prediction=prediction, rtol=rtol, atol=rtol)
+
+
 def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, prediction: str = "eps",
                   reference: Tensor | None = None, start="logsnr", sweeps: int = 4, candidates: int = 16,
                   rtol: float = 1e-7, **options) -> GridSearchResult:
@@ -61,16 +70,12 @@ def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, pred
     (see the module docstring). ``start`` is a grid kind, a tensor of times, or a list of these: the search
     runs from each and keeps the best. ``reference`` is the exact output for ``x_T`` if already known;
     ``options`` go to the sampler."""
-    from . import sample  # here to avoid an import cycle
-
     if sampler not in DETERMINISTIC:
         raise UserError(f"optimize_grid fits deterministic samplers ({', '.join(DETERMINISTIC)}), not {sampler!r}")
     if int(steps) < 2:
         raise UserError("optimize_grid needs steps >= 2")
     if reference is None:
-        t_ends = torch.tensor([process.t_max, process.t_min], dtype=torch.float64)
-        reference = sample(model, process, "ode_rk45", x_T=x_T, grid=t_ends, prediction=prediction,
-                           rtol=rtol, atol=rtol)
+        reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
     starts = list(start) if isinstance(start, (list, tuple)) else [start]
     results = [_search(model, process, sampler, steps, x_T, prediction, reference, s, sweeps, candidates, options)
                for s in starts]

@@ -1,0 +1,168 @@
+"""A linear multistep sampler whose coefficients are fitted to the model ("bespoke" solvers: Shaul et al. 2023,
+"Bespoke Solvers for Generative Flow Models", arXiv:2310.19075, fit a solver's parameters to one model by
+back-propagating through its sampling trajectory; Zhou et al. 2024's AMED and Frankel et al. 2025's S4S fit
+solver coefficients the same way).
+
+Every deterministic multistep sampler of this package (DDIM, DPM-Solver++(2M/3M), UniPC's predictor) takes
+the state from grid time t_k to t_{k+1} as a *linear* combination of the current state and the denoised
+estimates so far, m_j = x̂₀(x_j, t_j):
+
+    x_{k+1} = a_k x_k + Σ_{j ≤ k} b_{kj} m_j,      k = 0 … K−2,
+
+and differ only in the numbers a_k, b_{kj}, which they derive from a polynomial model of x̂₀ in λ. Here the
+numbers are free: ``fit_multistep`` chooses them to minimise the RMS distance between the output x̂₀(x_{K−1},
+t_{K−1}) and the exact probability-flow solution of the same calibration noise (``ode_rk45``, as in
+``optimize_grid``), by L-BFGS with gradients through the model. They start from DDIM's and from DPM-Solver++(2M)'s numbers, and
+the best is kept, so on the calibration noise the fit is never worse than either on the same grid. The fitted solver keeps the
+sampler's cost — NFE = K, the same model calls on the same grid — and needs no change to the model.
+
+With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m`` (without its
+lower-order last step); the tests check that equivalence. Fit on calibration noise, evaluate on fresh
+noise; the fitted numbers belong to one model, process, prediction and grid.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from .._tensor import as_time
+from ..errors import UserError
+from ..parametrization import Denoiser
+from .dpm_solver import coefficients as _coefficients
+
+
+class FittedMultistep(NamedTuple):
+    grid: Tensor                 # the K times, strictly decreasing, float64
+    coefficients: list[list[float]]  # K − 1 rows [a_k, b_k0, …, b_kk]
+    error: float                 # RMS error on the calibration noise after the fit
+    start_error: float           # the same for the first starting coefficients (DDIM's by default)
+    iterations: int              # L-BFGS iterations spent
+
+
+def multistep_coefficients(process, grid, order: int = 2) -> list[list[float]]:
+    """DDIM's (``order`` 1) or DPM-Solver++(2M)'s (``order`` 2, first step order 1) update,
+    ``dpm_solver.dpmpp_update``, written as the rows [a_k, b_k0 … b_kk] of ``x_{k+1} = a_k x_k + Σ_j b_kj m_j``:
+    with h = λ_{k+1} − λ_k, φ = e^{−h} − 1, r = (λ_k − λ_{k−1})/h,
+
+        a_k = σ_{k+1}/σ_k;   order 1: b_kk = −α_{k+1} φ;
+        order 2: b_kk = −α_{k+1} φ (1 + 1/(2r)),   b_{k,k−1} = α_{k+1} φ/(2r)."""
+    coef = [_coefficients(process, t) for t in grid]
+    rows = []
+    for k in range(len(grid) - 1):
+        (_, sig_t, lam_t), (a_s, sig_s, lam_s) = coef[k], coef[k + 1]
+        h = lam_s - lam_t
+        phi = math.expm1(-h)
+        b = [0.0] * (k + 1)
+        if k == 0 or order == 1:
+            b[k] = -a_s * phi
+        else:
+            r = (lam_t - coef[k - 1][2]) / h
+            b[k] = -a_s * phi * (1 + 0.5 / r)
+            b[k - 1] = a_s * phi * 0.5 / r
+        rows.append([sig_s / sig_t] + b)
+    return rows
+
+
+def _check_coefficients(coefficients, steps: int) -> list[list[float]]:
+    rows = [list(map(float, r)) for r in coefficients]
+    if len(rows) != steps - 1 or any(len(r) != k + 2 for k, r in enumerate(rows)):
+        raise UserError(f"fitted_multistep needs {steps - 1} coefficient rows for a grid of {steps} times, "
+                        "row k holding k + 2 numbers [a_k, b_k0, …, b_kk]; pass fit_multistep(...).coefficients "
+                        "with the grid it was fitted on")
+    return rows
+
+
+def _run(denoiser, x, grid, rows, callback=None):
+    """The multistep recursion; ``rows`` may be floats or (autograd) tensors."""
+    ms = []
+    for k in range(len(grid) - 1):
+        ms.append(denoiser(x, grid[k]).x0)
+        a, *b = rows[k]
+        x = a * x + sum(bj * mj for bj, mj in zip(b, ms))
+        if callback is not None:
+            callback(k + 1, grid[k + 1], x)
+    return x
+
+
+def fitted_multistep(denoiser, process, x, grid, *, generator=None, callback=None, coefficients=None):
+    """x_{k+1} = a_k x_k + Σ_{j≤k} b_kj x̂₀(x_j, t_j) with ``coefficients`` from ``fit_multistep`` (default:
+    DPM-Solver++(2M)'s, ``multistep_coefficients``). NFE = steps − 1 (+1 for the final denoise)."""
+    rows = multistep_coefficients(process, grid) if coefficients is None else _check_coefficients(coefficients, len(grid))
+    return _run(denoiser, x, grid, rows, callback)
+
+
+def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps", reference: Tensor | None = None,
+                  steps: int | None = None, starts=(1, 2), rounds: int = 5, max_iter: int = 100,
+                  batch_size: int | None = None, rtol: float = 1e-7) -> FittedMultistep:
+    """Fit the coefficients of ``fitted_multistep`` on ``grid`` (a tensor of times, e.g. ``optimize_grid(...)
+    .grid``, or a grid kind with ``steps``) to ``model`` on the calibration noise ``x_T`` (see the module
+    docstring). The loss is not convex: L-BFGS runs from each of ``starts`` (orders of
+    ``multistep_coefficients``: 1 = DDIM, 2 = DPM-Solver++(2M)) for ``rounds`` rounds of ``max_iter``
+    iterations (a restart clears its curvature memory, which helps on this loss), and the best result on the
+    calibration noise is kept. ``reference``: the exact output for ``x_T`` if already known. ``batch_size``
+    splits the calibration batch for the gradient (memory); the result is the same. Needs a model that is
+    differentiable in x."""
+    from . import time_grid  # here to avoid an import cycle
+    from .tuning import exact_solution
+
+    if isinstance(grid, str):
+        if steps is None:
+            raise UserError("fit_multistep with a grid kind needs steps=")
+        grid = time_grid(process, steps, grid)
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.ndim != 1 or len(grid) < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise UserError("fit_multistep needs a grid of at least 2 strictly decreasing times")
+    if reference is None:
+        reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
+    denoiser = Denoiser(model, process, prediction)
+    t_end = as_time(grid[-1], 1, like=x_T)
+    shape = list(range(2, len(grid) + 1))  # row k has k + 2 numbers
+    n = batch_size or len(x_T)
+    chunks = list(zip(x_T.split(n), reference.split(n)))
+
+    def squared_error(flat, x, ref):
+        out = _run(denoiser, x, grid, flat.split(shape))
+        return ((denoiser(out, t_end.expand(len(out))).x0 - ref) ** 2).sum()
+
+    def rms(flat) -> float:
+        with torch.no_grad():
+            e = math.sqrt(sum(float(squared_error(flat, x, ref)) for x, ref in chunks) / len(x_T))
+        return e if math.isfinite(e) else math.inf
+
+    def fit_from(start):
+        params = start.clone().requires_grad_(True)
+
+        def closure():
+            optimizer.zero_grad()
+            total = 0.0
+            for x, ref in chunks:
+                loss = squared_error(params, x, ref) / len(x_T)
+                loss.backward()
+                total += loss.item()
+            return torch.tensor(total)
+
+        iterations = 0
+        for _ in range(rounds):
+            optimizer = torch.optim.LBFGS([params], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-12,
+                                          tolerance_change=1e-14, line_search_fn="strong_wolfe")
+            optimizer.step(closure)
+            iterations += optimizer.state[params].get("n_iter", 0)
+        return params.detach(), iterations
+
+    first = None
+    best, best_error, total_iterations = None, math.inf, 0
+    for order in starts:
+        start = torch.tensor(sum(multistep_coefficients(process, grid, order), []), dtype=x_T.dtype, device=x_T.device)
+        start_error = rms(start)
+        first = start_error if first is None else first
+        for candidate, iters in ((start, 0), fit_from(start)):
+            total_iterations += iters
+            error = rms(candidate)
+            if error < best_error:
+                best, best_error = candidate, error
+    return FittedMultistep(grid=grid.clone(), coefficients=[r.tolist() for r in best.cpu().split(shape)],
+                           error=best_error, start_error=first, iterations=int(total_iterations))
