@@ -1,6 +1,7 @@
 """The command line end to end: train → sample → eval on a 2-D set, every promised file, and one-line errors."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -8,9 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+import diffusionlab as dl
 from diffusionlab.cli import main
 from diffusionlab.data import load_dataset
 from diffusionlab.evaluation import sliced_wasserstein
+from diffusionlab.run import load_run
+from diffusionlab.training import load_checkpoint
 
 SMALL_RUN = {"network": {"type": "mlp", "dim": 2, "hidden": 128, "depth": 3},
              "process": {"process": "ddpm", "T": 200},
@@ -87,39 +91,108 @@ def test_resume_continues_and_refuses_to_overwrite(moons_run, capsys):
     assert json.loads((moons_run / "run" / "checkpoint.json").read_text())["step"] == 1510
 
 
-def _bad_inputs(tmp_path):
+def _bad_inputs(tmp_path, trained_run):
+    """Each case: (command line, fragments the one-line message must contain: it names the problem)."""
     np.save(tmp_path / "flat.npy", np.arange(10.0))  # one-dimensional: not N×D
     nan = np.random.default_rng(0).normal(size=(20, 2))
     nan[3, 1] = np.nan
     np.save(tmp_path / "nan.npy", nan)
-    run = tmp_path / "broken_run"
-    run.mkdir()
-    (run / "checkpoint.json").write_text('{"step": 3, "config": {}}')
-    (run / "checkpoint.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")  # truncated
+    run = tmp_path / "truncated_run"  # a real run whose tensor file lost its second half
+    shutil.copytree(trained_run, run)
+    tensors = run / "checkpoint.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[: tensors.stat().st_size // 2])
     return {
-        "unknown dataset": ["train", "--data", "cifar99", "--out", tmp_path / "r1"],
-        "missing path": ["train", "--data", tmp_path / "nope.npy", "--out", tmp_path / "r2"],
-        "wrong shape": ["train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "r3"],
-        "NaN in data": ["train", "--data", tmp_path / "nan.npy", "--out", tmp_path / "r4"],
-        "truncated checkpoint": ["sample", run, "--n", 4, "--out", tmp_path / "x.png"],
-        "missing run": ["sample", tmp_path / "no_run", "--n", 4, "--out", tmp_path / "x.png"],
-        "unknown sampler": ["sample", run, "--sampler", "magic", "--n", 4, "--out", tmp_path / "x.png"],
-        "bad output type": ["sample", run, "--n", 4, "--out", tmp_path / "x.jpg"],
-        "negative steps": ["train", "--data", "moons", "--out", tmp_path / "r5", "--steps", "-3"],
+        "unknown dataset": (["train", "--data", "cifar99", "--out", tmp_path / "r1"], ["cifar99", "dataset"]),
+        "missing path": (["train", "--data", tmp_path / "nope.npy", "--out", tmp_path / "r2"],
+                         [str(tmp_path / "nope.npy"), "no such file"]),
+        "wrong shape": (["train", "--data", tmp_path / "flat.npy", "--out", tmp_path / "r3"],
+                        ["flat.npy", "shape (10,)"]),
+        "NaN in data": (["train", "--data", tmp_path / "nan.npy", "--out", tmp_path / "r4"], ["nan.npy", "NaN"]),
+        "truncated checkpoint": (["sample", run, "--n", 4, "--out", tmp_path / "x.png"],
+                                 [str(tensors), "truncated"]),
+        "missing run": (["sample", tmp_path / "no_run", "--n", 4, "--out", tmp_path / "x.png"],
+                        [str(tmp_path / "no_run"), "does not exist"]),
+        "unknown sampler": (["sample", run, "--sampler", "magic", "--n", 4, "--out", tmp_path / "x.png"],
+                            ["--sampler", "'magic'"]),
+        "bad output type": (["sample", run, "--n", 4, "--out", tmp_path / "x.jpg"], ["x.jpg", ".png, .npy"]),
+        "negative steps": (["train", "--data", "moons", "--out", tmp_path / "r5", "--steps", "-3"],
+                           ["--steps", "-3", "positive"]),
+        "option of another sampler": (["sample", trained_run, "--sampler", "ancestral", "--eta", "0.5", "--n", 4,
+                                       "--out", tmp_path / "x.npy"], ["--eta", "ancestral"]),
+        "ODE option for the ELBO": (["eval", trained_run, "--data", "moons", "--probe", "gaussian"],
+                                    ["--probe", "--method ode"]),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown dataset", "missing path", "wrong shape", "NaN in data",
                                   "truncated checkpoint", "missing run", "unknown sampler", "bad output type",
-                                  "negative steps"])
-def test_bad_input_gives_one_line_error(case, tmp_path, capsys):
-    args = _bad_inputs(tmp_path)[case]
+                                  "negative steps", "option of another sampler", "ODE option for the ELBO"])
+def test_bad_input_gives_one_line_error(case, tmp_path, capsys, moons_run):
+    args, fragments = _bad_inputs(tmp_path, moons_run / "run")[case]
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("diffusionlab: error: "), err
+    missing = [fragment for fragment in fragments if fragment not in lines[0]]
+    assert not missing, f"the message does not name {missing}: {lines[0]}"
     assert not any(p.name.startswith("r") and p.is_dir() and any(p.iterdir()) for p in tmp_path.iterdir()
                    if p.name in {"r1", "r2", "r3", "r4", "r5"})  # nothing half-written
+    assert not (tmp_path / "x.png").exists() and not (tmp_path / "x.npy").exists()
+
+
+def _api_samples(run_dir, sampler, steps, n, seed, **options) -> np.ndarray:
+    """What `diffusionlab sample RUN --sampler S --steps K --n N --seed SEED [options]` must write, via the API."""
+    run = load_run(run_dir)
+    x = dl.sample(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
+                  generator=torch.Generator().manual_seed(seed), **options)
+    return run.dataset.to_data_units(x).numpy().astype(np.float32)
+
+
+SAMPLER_OPTION_CASES = [
+    ("ode_euler", [], {}),
+    ("ode_rk45", [], {}),
+    ("ode_rk45", ["--rtol", "1e-3", "--atol", "1e-3"], {"rtol": 1e-3, "atol": 1e-3}),
+    ("ancestral", ["--variance", "large"], {"variance": "large"}),
+    ("ddim", ["--eta", "1"], {"eta": 1.0}),
+    ("predictor_corrector", ["--snr", "0.3", "--corrector-steps", "2"], {"snr": 0.3, "corrector_steps": 2}),
+]
+
+
+@pytest.mark.parametrize("sampler, flags, options", SAMPLER_OPTION_CASES,
+                         ids=[f"{c[0]}{''.join(c[1][::2])}" for c in SAMPLER_OPTION_CASES])
+def test_sample_passes_sampler_options_through(sampler, flags, options, moons_run, tmp_path, capsys):
+    """`sample --sampler S [--rtol/--atol/--variance/--eta/--snr/--corrector-steps]` writes exactly what
+    dl.sample(..., S, **options) draws with the same seed; an option changes the result (so it arrived)."""
+    out = tmp_path / "x.npy"
+    code, stdout, _ = run_cli(capsys, "sample", moons_run / "run", "--n", 64, "--out", out, "--sampler", sampler,
+                              "--steps", 12, "--seed", 3, *flags)
+    assert code == 0 and f"({sampler}, 12 steps" in stdout
+    x = np.load(out)
+    assert x.shape == (64, 2) and np.isfinite(x).all()
+    np.testing.assert_allclose(x, _api_samples(moons_run / "run", sampler, 12, 64, 3, **options), rtol=0, atol=1e-6)
+    if options:
+        default = _api_samples(moons_run / "run", sampler, 12, 64, 3)
+        assert np.abs(x - default).max() > 1e-3
+    if sampler == "predictor_corrector":  # NFE = (K − 1)(1 + corrector_steps) + 1
+        assert f"{11 * 3 + 1} model evaluations" in stdout
+
+
+def test_eval_ode_likelihood_on_a_vector_run(moons_run, capsys):
+    """`eval --method ode` on the 2-D run: exact trace by default; with `--trace hutchinson --probe gaussian
+    --probes 8` the JSON names the probes and gives their share of the error, within the total standard error
+    (which includes the probe noise), and the estimate agrees with the exact one within its errors."""
+    code, stdout, _ = run_cli(capsys, "eval", moons_run / "run", "--data", "moons", "--method", "ode", "--n", 24)
+    exact = json.loads(stdout)
+    assert code == 0 and exact["method"] == "ode" and exact["trace"] == "exact" and exact["n"] == 24
+    assert np.isfinite(exact["bpd"]) and exact["stderr"] > 0 and "hutchinson_stderr" not in exact
+    assert exact["nats_per_dim"] == pytest.approx(exact["bpd"] * np.log(2))
+    code, stdout, _ = run_cli(capsys, "eval", moons_run / "run", "--data", "moons", "--method", "ode", "--n", 24,
+                              "--trace", "hutchinson", "--probe", "gaussian", "--probes", 8, "--rtol", "1e-4",
+                              "--atol", "1e-4")
+    hutch = json.loads(stdout)
+    assert code == 0 and hutch["trace"] == "hutchinson" and hutch["probe"] == "gaussian" and hutch["probes"] == 8
+    assert 0 < hutch["hutchinson_stderr"] <= hutch["stderr"]
+    assert abs(hutch["bpd"] - exact["bpd"]) <= 5 * hutch["hutchinson_stderr"] + 1e-3
 
 
 def test_console_script_prints_no_traceback(tmp_path):
@@ -149,6 +222,27 @@ def test_every_process_trains_and_samples_from_the_cli(process, tmp_path, capsys
         assert np.isfinite(np.load(out)).all()
     code, stdout, _ = run_cli(capsys, "sample", tmp_path / "img", "--n", 4, "--out", tmp_path / "img.npy", "--steps", 3)
     assert code == 0 and np.load(tmp_path / "img.npy").shape == (4, 1, 8, 8)
+
+
+def test_elbo_importance_training_resumes_exactly_from_the_cli(tmp_path, capsys):
+    """`train --loss elbo --time-sampling importance`, stopped at step 15 and resumed to 30, ends with the same
+    weights, EMA and loss history as 30 straight steps (T = 20, so the importance sampling is active by then)."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"network": {"type": "mlp", "dim": 2, "hidden": 32, "depth": 2},
+                               "process": {"process": "ddpm", "T": 20},
+                               "train": {"batch_size": 64, "checkpoint_every": 10, "ema_decay": 0.9,
+                                         "num_threads": 1}}))
+    flags = ["--data", "ring8", "--config", cfg, "--loss", "elbo", "--time-sampling", "importance", "--no-progress"]
+    assert run_cli(capsys, "train", "--out", tmp_path / "straight", "--steps", 30, *flags)[0] == 0
+    assert run_cli(capsys, "train", "--out", tmp_path / "resumed", "--steps", 15, *flags)[0] == 0
+    code, stdout, _ = run_cli(capsys, "train", "--out", tmp_path / "resumed", "--resume", "--steps", 30,
+                              "--no-progress")
+    assert code == 0 and "step 30" in stdout
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert a.config["objective"] == {"loss": "elbo", "weighting": "eps", "time_sampling": "importance"}
+    assert bool((a.loss_state["rank0.count"] >= 10).all())  # every term's history is full: importance sampling on
+    for mine, theirs in ((a.model_state, b.model_state), (a.ema_state, b.ema_state), (a.loss_state, b.loss_state)):
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
 
 
 def test_torchrun_two_processes_through_the_cli(tmp_path):

@@ -17,7 +17,8 @@ from scipy import integrate, stats
 
 from diffusionlab import DDPM, VESDE, VPSDE, Denoiser, SubVPSDE, negative_elbo, sample, time_grid
 from diffusionlab.errors import UserError
-from diffusionlab.objectives import discretized_gaussian_log_prob, gaussian_kl
+from diffusionlab.objectives import (chain_elbo, chain_log_prob, diffusion_kl, discretized_gaussian_log_prob,
+                                    forward_chain, gaussian_kl, joint_log_prob)
 from diffusionlab.processes import forward_marginal, forward_step, posterior_mean_var
 
 F64 = torch.float64
@@ -224,29 +225,27 @@ def test_discretized_gaussian_is_a_probability_over_levels(levels, mean, std):
 # ------------------------------------------------------------------------------------ 4. ELBO decomposition
 
 
-def chain_negative_elbo(process: DDPM, model, x0: torch.Tensor, variance: str, generator) -> torch.Tensor:
-    """−[log p_θ(x_{0:T}) − log q(x_{1:T}|x_0)] on one sampled chain per row (lecture §3, first form).
+def lecture_chain_log_densities(process: DDPM, model, chain: list[torch.Tensor], variance: str):
+    """(log q(x_{1:T}|x_0), log p_θ(x_{0:T})) of a given chain [x_0, x_1, …, x_T] (lecture §1–3), written from the
+    lecture's DDPM formulas on the β schedule (forward_step, posterior_mean_var), independently of the library's
+    generic process code.
 
     p_θ(x_{i−1}|x_i) = N(μ̃_i(x_i, x̂_0), β̃_i or β_i); decoder p_θ(x_0|x_1) = N(x̂_0(x_1), β_1) — the
     convention of objectives.decoder_nll (σ²_{1|0} = β_1, for both variances; the lecture leaves it open).
     OpenAI's improved/guided-diffusion code uses β̃_2 there instead ("fixed large": append(β̃_2, β_2…β_T)),
     which changes L_0 only — sampling is unaffected since the last step adds no noise. p(x_T) = N(0, I)."""
-    T, betas, ab = process.T, process.betas, process.alpha_bars
-    xs, log_ratio = [x0], torch.zeros(x0.shape[0], dtype=F64)
-    for i in range(1, T + 1):
-        mean, var = forward_step(xs[-1], betas[i - 1])
-        xs.append(mean + var.sqrt() * torch.randn(x0.shape, generator=generator, dtype=F64))
-        log_ratio -= log_normal(xs[i], mean, var).sum(1)
-    log_ratio += log_normal(xs[T], 0.0, 1.0).sum(1)
+    T, betas, ab, n = process.T, process.betas, process.alpha_bars, chain[0].shape[0]
+    log_q = sum(log_normal(chain[i], *forward_step(chain[i - 1], betas[i - 1])).sum(1) for i in range(1, T + 1))
+    log_p = log_normal(chain[T], 0.0, 1.0).sum(1)
     for i in range(T, 0, -1):
-        eps = model(xs[i], torch.full((x0.shape[0],), i / T, dtype=F64))
-        x0_hat = (xs[i] - (1 - ab[i]).sqrt() * eps) / ab[i].sqrt()
+        eps = model(chain[i], torch.full((n,), i / T, dtype=F64))
+        x0_hat = (chain[i] - (1 - ab[i]).sqrt() * eps) / ab[i].sqrt()
         if i == 1:
-            log_ratio += log_normal(x0, x0_hat, betas[0]).sum(1)
+            log_p += log_normal(chain[0], x0_hat, betas[0]).sum(1)
         else:
-            mean, small = posterior_mean_var(xs[i], x0_hat, betas[i - 1], ab[i], ab[i - 1])
-            log_ratio += log_normal(xs[i - 1], mean, small if variance == "small" else betas[i - 1]).sum(1)
-    return -log_ratio
+            mean, small = posterior_mean_var(chain[i], x0_hat, betas[i - 1], ab[i], ab[i - 1])
+            log_p += log_normal(chain[i - 1], mean, small if variance == "small" else betas[i - 1]).sum(1)
+    return log_q, log_p
 
 
 X0_POINTS = torch.tensor([[0.5, -1.0], [2.0, 0.0], [-1.5, 1.0], [0.0, 0.3]], dtype=F64)
@@ -254,10 +253,51 @@ SMALL_DDPM = dict(T=8, schedule="linear", beta_start=0.05, beta_end=0.5)
 
 
 @pytest.mark.parametrize("variance", ["small", "large"])
+def test_chain_and_joint_log_densities_are_the_lecture_formulas(variance):
+    """objectives.chain_log_prob = log q(x_{1:T}|x_0) = Σ log q(x_t|x_{t−1}) and objectives.joint_log_prob =
+    log p_θ(x_{0:T}) = log p(x_T) + Σ log p_θ(x_{t−1}|x_t), on a fixed chain drawn with the lecture's one-step
+    q(x_t|x_{t−1}): equal to round-off to the same densities written from the lecture's DDPM formulas."""
+    process, g = DDPM(**SMALL_DDPM), gen(12)
+    chain = [X0_POINTS.repeat(8, 1)]
+    for i in range(1, process.T + 1):
+        mean, var = forward_step(chain[-1], process.betas[i - 1])
+        chain.append(mean + var.sqrt() * torch.randn(chain[0].shape, generator=g, dtype=F64))
+    ref_q, ref_p = lecture_chain_log_densities(process, eps_model, chain, variance)
+    grid, xs = time_grid(process, process.T), chain[:0:-1]  # library order: xs[0] = x_T … xs[−1] = x_1
+    log_q = chain_log_prob(process, chain[0], xs, grid)
+    log_p = joint_log_prob(Denoiser(eps_model, process, "eps"), chain[0], xs, grid, variance)
+    torch.testing.assert_close(log_q, ref_q, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(log_p, ref_p, rtol=1e-10, atol=1e-10)
+
+
+def test_forward_chain_has_the_closed_form_marginals():
+    """objectives.forward_chain draws x_{1:T} ~ q(x_{1:T}|x_0): each state has q(x_t|x_0) = N(sqrt(ᾱ_t) x_0,
+    (1 − ᾱ_t) I) (5 SE), and consecutive states have the one-step correlation of q(x_t|x_{t−1})."""
+    process, n = DDPM(**SMALL_DDPM), 100_000
+    x0 = torch.tensor([[1.5, -2.0]], dtype=F64).expand(n, 2)
+    grid = time_grid(process, process.T)
+    xs = forward_chain(process, x0, grid, gen(13))
+    assert len(xs) == process.T
+    for k, x in enumerate(xs):
+        i = process.T - k
+        m_true, v_true = forward_marginal(x0[0], process.alpha_bars[i])
+        z_mean = (x.mean(0) - m_true) / (v_true / n) ** 0.5
+        z_var = (x.var(0) - v_true) / (v_true * (2 / n) ** 0.5)
+        assert z_mean.abs().max() <= 5 and z_var.abs().max() <= 5, (i, z_mean, z_var)
+        if i > 1:  # Cov(x_i, x_{i−1} | x_0) = sqrt(1 − β_i)(1 − ᾱ_{i−1})
+            cov = ((x - x.mean(0)) * (xs[k + 1] - xs[k + 1].mean(0))).mean(0)
+            expected = (1 - process.betas[i - 1]).sqrt() * (1 - process.alpha_bars[i - 1])
+            assert (cov - expected).abs().max() <= 5 * (v_true / n) ** 0.5, (i, cov, expected)
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
 def test_kl_form_of_the_elbo_equals_the_chain_form(variance):
+    """E_q[log p_θ(x_{0:T}) − log q(x_{1:T}|x_0)] (objectives.chain_elbo, Jensen's form) = −negative_elbo (the KL
+    form, closed-form KLs): two independent estimates of the same bound agree within 5 SE."""
     process, reps = DDPM(**SMALL_DDPM), 50_000
     x0 = X0_POINTS.repeat(reps, 1)  # row r is point r % 4
-    chain = chain_negative_elbo(process, eps_model, x0, variance, gen(10)).reshape(reps, 4)
+    chain = -chain_elbo(Denoiser(eps_model, process, "eps"), x0, variance=variance,
+                        generator=gen(10)).reshape(reps, 4)
     kl_form = negative_elbo(Denoiser(eps_model, process, "eps"), x0, variance=variance,
                             generator=gen(11)).reshape(reps, 4)
     (m1, se1), (m2, se2) = mean_and_se(chain), mean_and_se(kl_form)
@@ -265,6 +305,30 @@ def test_kl_form_of_the_elbo_equals_the_chain_form(variance):
     print(f"MEASURED −ELBO {variance}: chain {[round(v, 4) for v in m1.tolist()]} vs KL form "
           f"{[round(v, 4) for v in m2.tolist()]}; max |dev| {z.abs().max():.2f} SE")
     assert z.abs().max() <= 5, z
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+@pytest.mark.parametrize("i", [2, 10, 500, 1000])
+def test_kl_term_is_the_weighted_eps_error(i, variance):
+    """L_{t−1} = KL(q(x_{t−1}|x_t, x_0) ‖ p_θ(x_{t−1}|x_t)) with the ε-parametrised mean
+    μ_θ = (x_t − β_t/sqrt(1 − ᾱ_t) ε_θ)/sqrt(α_t) is β_t²/(2 σ_t² α_t (1 − ᾱ_t)) ‖ε − ε_θ(x_t, t)‖² (Ho et al.
+    eq. 12; lecture §3: "the KL becomes ‖ε − ε_θ‖² up to weights"), with σ_t² = β̃_t. For σ_t² = β_t the two
+    variances differ and each dimension adds the constant ½ [log(β_t/β̃_t) + β̃_t/β_t − 1]. Weights from β, ᾱ."""
+    process, n, d = DDPM(), 16, 3
+    beta, ab, ab_prev = process.betas[i - 1], process.alpha_bars[i], process.alpha_bars[i - 1]
+    x0 = torch.randn(n, d, generator=gen(80 + i), dtype=F64)
+    eps = torch.randn(n, d, generator=gen(90 + i), dtype=F64)
+    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    t = torch.full((n,), i / process.T, dtype=F64)
+    kl = diffusion_kl(Denoiser(eps_model, process, "eps"), x0, x_t, t - 1 / process.T, t, variance)
+    beta_tilde = (1 - ab_prev) * beta / (1 - ab)
+    sigma2 = beta_tilde if variance == "small" else beta
+    weight = beta**2 / (2 * sigma2 * (1 - beta) * (1 - ab))
+    expected = weight * (eps - eps_model(x_t, t)).pow(2).sum(1)
+    if variance == "large":
+        expected = expected + d * 0.5 * (torch.log(beta / beta_tilde) + beta_tilde / beta - 1)
+    assert (expected > 0).all()
+    torch.testing.assert_close(kl, expected, rtol=1e-10, atol=0)  # measured ≤ 1.4e-12 relative
 
 
 def test_stratified_elbo_is_unbiased():

@@ -23,7 +23,8 @@ from scipy.integrate import solve_ivp
 import diffusionlab as dl
 from diffusionlab.data import GaussianMixture, eps_predictor
 from diffusionlab.evaluation import component_weight_tv, sliced_wasserstein, sliced_wasserstein_floor
-from diffusionlab.processes import posterior_mean_var
+from diffusionlab.processes import forward_euler_maruyama_step, posterior_mean_var
+from diffusionlab.samplers.sde import euler_maruyama_step, langevin_corrector_step, langevin_step_size
 from diffusionlab.solvers import dopri5
 
 F64 = torch.float64
@@ -158,7 +159,8 @@ def test_ddpm_grid_transition_and_posterior_are_the_lecture_formulas():
 
 @pytest.mark.parametrize("name", PROCESS_NAMES)
 def test_forward_euler_maruyama_matches_closed_form_marginals(name):
-    """dx = f(t) x dt + g(t) dW from t = 0 (DDPM viewed as its piecewise-constant-β VP SDE).
+    """dx = f(t) x dt + g(t) dW from t = 0 (DDPM viewed as its piecewise-constant-β VP SDE), simulated with the
+    library's ``forward_euler_maruyama_step`` x_{t+h} = x_t + h f(x_t, t) + sqrt(h) g(t) ε (lecture §5).
 
     Column 0 starts from a fixed x_0 = 1.5, column 1 from x_0 ~ N(−0.7, 0.5); the state at t = 0 is
     α(0) x_0 + σ(0) ε (only VE has σ(0) = σ_min > 0). The marginal at t is N(α x_0, σ²), resp.
@@ -185,7 +187,7 @@ def test_forward_euler_maruyama_matches_closed_form_marginals(name):
     checks = {int(round(c * n_steps)) for c in (0.1, 0.3, 0.6, 1.0)}
     for k in range(n_steps):
         f, g2 = f_all[k], max(g2_all[k], 0.0)
-        x = x + h * f * x + math.sqrt(h * g2) * torch.randn(n_paths, 2, generator=g, dtype=F64)
+        x = forward_euler_maruyama_step(process, x, grid[k], h, torch.randn(n_paths, 2, generator=g, dtype=F64))
         mean_rec, var_rec = (1 + h * f) * mean_rec, (1 + h * f) ** 2 * var_rec + h * g2
         if k + 1 not in checks:
             continue
@@ -275,6 +277,35 @@ def test_reverse_sde_drift_and_probability_flow_by_hand(name):
     x, t = torch.cat(xs), torch.cat(ts)
     torch.testing.assert_close(dl.reverse_sde_drift(denoiser, process, x, t), torch.cat(rev_hand), rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(dl.probability_flow(denoiser, process, x, t), torch.cat(pf_hand), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("name", PROCESS_NAMES)
+def test_forward_euler_maruyama_step_is_the_lecture_formula(name):
+    """One step x_{t+h} = x_t + h f(x_t, t) + sqrt(h) g(t) ε (lecture §5) with f, g² from the papers' closed
+    forms (``hand_coefficients``), for a fixed ε: exact to round-off."""
+    process = make(name)
+    x = torch.randn(7, 3, generator=gen(12), dtype=F64)
+    eps = torch.randn(7, 3, generator=gen(13), dtype=F64)
+    for t in (0.0031, 0.2113, 0.8765):
+        _, _, f, g2 = hand_coefficients(process, t)
+        for h in (1e-3, 0.05):
+            got = forward_euler_maruyama_step(process, x, t, h, eps)
+            torch.testing.assert_close(got, x + h * f * x + math.sqrt(h * g2) * eps, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", PROCESS_NAMES)
+def test_reverse_euler_maruyama_step_is_the_lecture_formula(name):
+    """One reverse step x_{t−h} = x_t − h f(x_t, t) + h g(t)² ∇log p_t(x_t) + sqrt(h) g(t) z (lecture §5) with f, g²
+    from ``hand_coefficients`` and the exact score −x/v_t of Gaussian data N(0, 0.6 I), replayed with the same z."""
+    process, v0 = make(name), 0.6
+    denoiser = dl.Denoiser(_gaussian_eps_model(process, v0), process, "eps")
+    x = torch.randn(7, 3, generator=gen(14), dtype=F64)
+    for t, h in ((0.2113, 1e-3), (0.8765, 0.05)):
+        alpha, sigma, f, g2 = hand_coefficients(process, t)
+        score = -x / (alpha**2 * v0 + sigma**2)
+        z = torch.randn(x.shape, generator=gen(15), dtype=F64)
+        got = euler_maruyama_step(denoiser, process, x, tt(t), tt(t - h), gen(15))
+        torch.testing.assert_close(got, x - h * f * x + h * g2 * score + math.sqrt(h * g2) * z, rtol=1e-9, atol=1e-12)
 
 
 # ================================================================================================
@@ -402,6 +433,69 @@ def test_discrete_and_continuous_samplers_are_interchangeable(name, sampler):
     """A DDPM model (eps predictor built from DDPM's α, σ) run with the continuous samplers, and a VP model run
     with ancestral sampling, both reproduce the data (same criteria as above; runs shared with them)."""
     check_reproduces_ring(name, sampler, N_SMALL if name == "ddpm" else N_MAIN)
+
+
+# ================================================================================================
+# 4b. The predictor–corrector's Langevin corrector (Song et al. 2021, Algorithm 5)
+
+
+def _gaussian_eps_model(process, v0: float):
+    """The exact ε-predictor of data N(0, v0 I): p_t = N(0, v_t I), v_t = α² v0 + σ², ε̂ = σ x / v_t."""
+    def model(x, t):
+        a, s = process.alpha(t)[:, None], process.sigma(t)[:, None]
+        return s * x / (a**2 * v0 + s**2)
+    return model
+
+
+def test_langevin_corrector_step_size_is_song_algorithm_5():
+    """x ← x + ε s + sqrt(2ε) z with ε = 2 α (snr ‖z‖/‖s‖)² (norms averaged over the batch), replayed with the same
+    noise; and predictor_corrector passes α_i = α²_{t|s} = exp(−∫_s^t β) on VP (1 − β_i of Song et al.)."""
+    process, v0, t, s_time = dl.VPSDE(), 0.7, 0.4, 0.38
+    denoiser = dl.Denoiser(_gaussian_eps_model(process, v0), process, "eps")
+    x = torch.randn(500, 3, generator=gen(20), dtype=F64)
+    a, sig = hand_coefficients(process, t)[:2]
+    score = -x / (a**2 * v0 + sig**2)  # ∇ log N(0, v_t I)
+    for snr, alpha in ((0.16, 1.0), (0.05, 0.9)):
+        z = torch.randn(x.shape, generator=gen(21), dtype=F64)
+        ratio = z.norm(dim=1).mean() / score.norm(dim=1).mean()
+        eps = 2 * alpha * (snr * ratio) ** 2
+        got = langevin_corrector_step(denoiser, process, x, tt(t), gen(21), snr, alpha)
+        torch.testing.assert_close(got, x + eps * score + (2 * eps).sqrt() * z, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(langevin_step_size(score, z, snr, alpha), eps, rtol=1e-12, atol=0)
+    # the sampler: one corrector step with α = exp(−∫_s^t β(u) du) at t, then the Euler–Maruyama step to s
+    alpha_i = math.exp(-(0.1 * (t - s_time) + 0.5 * 19.9 * (t**2 - s_time**2)))
+    g = gen(22)
+    expected = euler_maruyama_step(denoiser, process,
+                                   langevin_corrector_step(denoiser, process, x, tt(t), g, 0.16, alpha_i),
+                                   tt(t), tt(s_time), g)
+    got = dl.sample(denoiser.model, process, "predictor_corrector", grid=tt([t, s_time]), x_T=x, denoise=False,
+                    generator=gen(22))
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("snr", [0.16, 0.05])
+def test_corrector_only_langevin_keeps_the_gaussian_variance(snr):
+    """Langevin steps alone with the exact score of p_t = N(0, v_t) (1-D, VP at t = 0.3) leave p_t invariant up to
+    the step's O(ε) bias: with ε = 2 r² v_t (the batch-averaged ratio ‖z‖/‖s‖ → sqrt(v_t) in 1-D) the linear
+    recursion V ← (1 − ε/v_t)² V + 2ε has the fixed point v_t/(1 − r²), r = snr (2.6 % above v_t at r = 0.16,
+    0.25 % at 0.05). Started from exact samples, the variance after K steps must be within 5 SE (v sqrt(2/n)) of
+    that fixed point, and the chain must have mixed: correlation with its start (1 − 2r²)^K < 0.05."""
+    process, v0, n = dl.VPSDE(), 0.5, 40_000
+    t = tt(0.3)
+    v_t = float(process.alpha(t) ** 2 * v0 + process.sigma(t) ** 2)
+    denoiser = dl.Denoiser(_gaussian_eps_model(process, v0), process, "eps")
+    x_start = math.sqrt(v_t) * torch.randn(n, 1, generator=gen(30), dtype=F64)
+    steps = int(math.ceil(math.log(0.01) / math.log(1 - 2 * snr**2)))  # correlation 0.01 in expectation
+    x, g = x_start, gen(31)
+    for _ in range(steps):
+        x = langevin_corrector_step(denoiser, process, x, t, g, snr)
+    var, fixed_point = float(x.var()), v_t / (1 - snr**2)
+    se = fixed_point * math.sqrt(2 / n)
+    assert abs(var - fixed_point) <= 5 * se, (var, fixed_point, se)
+    assert abs(var / v_t - 1) <= snr**2 + 5 * se / v_t
+    assert abs(float(x.mean())) <= 5 * math.sqrt(fixed_point / n)
+    corr = float(torch.corrcoef(torch.cat([x, x_start], 1).T)[0, 1])
+    assert abs(corr) < 0.05, corr
 
 
 # ================================================================================================
@@ -554,6 +648,27 @@ def test_likelihood_hutchinson_errors_are_within_their_standard_errors():
     z = (ll - exact)[ok] / stderr[ok]
     assert int((z.abs() > 3).sum()) <= 6, z
     assert abs(float(z.mean())) <= 3 * float(z.std()) / math.sqrt(len(z)), float(z.mean())
+
+
+def test_likelihood_gaussian_probes_are_within_their_standard_errors():
+    """The Rademacher test above with ``probe="gaussian"``: 16 Gaussian probes per point. In 2-D each probe's
+    estimate is the quadratic form zᵀAz (A = ∫ ∂v/∂x dt along the solve), a weighted sum of χ²₁ terms: skewed, so
+    the t-statistic z = err/stderr of 16 probes has heavier tails than Student's t (measured over seeds 5–9:
+    std(z) 1.1–1.6, 1–3 of 64 points beyond 3). Bound: ≤ 6 beyond 3, as for Rademacher probes, and the mean z
+    within 3 standard errors of 0. Gaussian probes have the larger variance, 2‖A_sym‖²_F against Rademacher's
+    2 Σ_{i≠j} (A_sym)²_ij (Hutchinson 1990), so their standard errors must be the larger: the probe kind is used."""
+    process = dl.VPSDE()
+    model = eps_predictor(RING, process.alpha, process.sigma)
+    x, exact = _exact_and_points(RING, process, 64, seed=1)
+    ll, info = dl.log_likelihood(model, process, x, "eps", trace="hutchinson", probes=16, probe="gaussian",
+                                 generator=gen(5), return_info=True)
+    assert not info["exact_trace"] and (info["stderr"] > 0).all()  # continuous probes: never all alike
+    z = (ll - exact) / info["stderr"]
+    assert int((z.abs() > 3).sum()) <= 6, z
+    assert abs(float(z.mean())) <= 3 * float(z.std()) / math.sqrt(len(z)), float(z.mean())
+    _, rademacher = dl.log_likelihood(model, process, x, "eps", trace="hutchinson", probes=16, generator=gen(5),
+                                      return_info=True)
+    assert float(info["stderr"].mean()) > 1.5 * float(rademacher["stderr"].mean())
 
 
 @pytest.mark.parametrize("name", ["ve", "ddpm"])

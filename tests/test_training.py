@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -333,6 +334,98 @@ def test_resume_equals_straight_training_bitwise(tmp_path, interrupt, capsys):
     assert len(read_log(tmp_path / "resumed")) == 10
 
 
+class TimeLinear(torch.nn.Module):
+    """``model(x, t)``: a Linear layer on [x, t], an ε-predictor small enough for the ELBO loss tests."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.linear = torch.nn.Linear(DIM + 1, DIM)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for param in self.linear.parameters():
+                param.copy_(0.3 * torch.randn(param.shape, generator=generator))
+
+    def forward(self, x, t):
+        return self.linear(torch.cat([x, t.to(x.dtype)[:, None]], dim=1))
+
+
+ELBO_PROCESS = dict(T=10, beta_start=0.05, beta_end=0.5)
+
+
+def elbo_loss(**kwargs):
+    """The ELBO with importance sampling of t (history of 2 values per term: active after a few steps)."""
+    return diffusionlab.ELBOLoss(diffusionlab.DDPM(**ELBO_PROCESS), "eps", time_sampling="importance", history=2,
+                                 **kwargs)
+
+
+class CrashingELBOLoss(diffusionlab.ELBOLoss):
+    """The ELBO loss that raises (like a killed process) on its ``crash_at``-th call."""
+
+    def __init__(self, crash_at: int):
+        super().__init__(diffusionlab.DDPM(**ELBO_PROCESS), "eps", time_sampling="importance", history=2)
+        self.crash_at, self.calls = crash_at, 0
+
+    def __call__(self, model, batch, generator):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise KeyboardInterrupt
+        return super().__call__(model, batch, generator)
+
+
+class StatelessELBOLoss(diffusionlab.ELBOLoss):
+    """The ELBO loss hiding its state from the trainer: what resuming did before the history was saved."""
+
+    state_dict = None
+
+
+def test_elbo_loss_state_round_trips():
+    loss = elbo_loss()
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        loss(TimeLinear(), DATA[:12], generator)
+    fresh = elbo_loss()
+    fresh.load_state_dict(loss.state_dict())
+    assert torch.equal(fresh._history, loss._history) and torch.equal(fresh._count, loss._count)
+    assert torch.equal(fresh._probabilities(), loss._probabilities())
+    with pytest.raises(UserError) as excinfo:
+        diffusionlab.ELBOLoss(diffusionlab.DDPM(T=5), "eps").load_state_dict(loss.state_dict())
+    assert "shape" in user_error_message(excinfo)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["shorter run", "crash"])
+def test_resume_with_elbo_importance_sampling_equals_straight_training_bitwise(tmp_path, crash, capsys):
+    """`--loss elbo --time-sampling importance`: the loss history that draws t is saved with every checkpoint
+    (``loss.rank0.*`` tensors) and restored, so resuming replays the straight run bit for bit; resuming without
+    it (the loss starting afresh, uniform t again) gives other weights."""
+    straight_model, straight = run(tmp_path / "straight", model=TimeLinear(), loss_fn=elbo_loss())
+    if crash:  # dies during step 8: checkpoint at 5
+        with pytest.raises(KeyboardInterrupt):
+            run(tmp_path / "resumed", model=TimeLinear(), loss_fn=CrashingELBOLoss(8))
+    else:  # checkpoints at 5 and 7
+        run(tmp_path / "resumed", model=TimeLinear(), loss_fn=elbo_loss(), steps=7)
+    shutil.copytree(tmp_path / "resumed", tmp_path / "stateless")
+    saved = load_checkpoint(tmp_path / "resumed").loss_state
+    assert set(saved) == {"rank0.history", "rank0.count"}
+    assert bool((saved["rank0.count"] >= 2).all()), "importance sampling must be active before the interruption"
+    resumed_model, resumed = run(tmp_path / "resumed", model=TimeLinear(), loss_fn=elbo_loss(), resume=True)
+    assert_states_equal(resumed_model.state_dict(), straight_model.state_dict())
+    a, b = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "resumed")
+    assert_states_equal(a.loss_state, b.loss_state)
+    assert_states_equal(a.ema_state, b.ema_state)
+    assert_optimizer_states_equal(a.optimizer_state, b.optimizer_state)
+    assert resumed.step == straight.step == 20 and resumed.loss == straight.loss
+    stateless_model, _ = run(tmp_path / "stateless", model=TimeLinear(), loss_fn=StatelessELBOLoss(
+        diffusionlab.DDPM(**ELBO_PROCESS), "eps", time_sampling="importance", history=2), resume=True)
+    assert not torch.equal(stateless_model.linear.weight, straight_model.linear.weight)
+
+
+def test_resume_of_a_checkpoint_without_loss_state_warns(tmp_path):
+    run(tmp_path, model=TimeLinear(), loss_fn=StatelessELBOLoss(diffusionlab.DDPM(**ELBO_PROCESS), "eps"), steps=5)
+    assert load_checkpoint(tmp_path).loss_state == {}
+    with pytest.warns(UserWarning, match="no state of the loss"):
+        run(tmp_path, model=TimeLinear(), loss_fn=elbo_loss(), steps=6, resume=True)
+
+
 def test_resume_without_checkpoint_is_user_error(tmp_path):
     with pytest.raises(UserError) as excinfo:
         run(tmp_path / "nothing", resume=True)
@@ -422,10 +515,24 @@ with torch.no_grad():  # a different init on each rank: DDP must broadcast rank 
 data = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
 batch_sizes = []
 
-def loss_fn(model, batch, generator):
-    batch_sizes.append(len(batch))
-    noisy = batch + 0.1 * torch.randn(batch.shape, generator=generator)
-    return ((model(noisy) - batch) ** 2).mean(dim=1)
+class Loss:  # stateful, like the ELBO loss's history: every rank's state goes into the checkpoint
+    def __init__(self):
+        self.calls, self.noise_sum = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.float64)
+
+    def state_dict(self):
+        return {"calls": self.calls.clone(), "noise_sum": self.noise_sum.clone()}
+
+    def load_state_dict(self, state):
+        self.calls, self.noise_sum = state["calls"].clone(), state["noise_sum"].clone()
+
+    def __call__(self, model, batch, generator):
+        batch_sizes.append(len(batch))
+        noise = torch.randn(batch.shape, generator=generator)
+        self.calls += 1
+        self.noise_sum += noise.double().sum()
+        return ((model(batch + 0.1 * noise) - batch) ** 2).mean(dim=1)
+
+loss_fn = Loss()
 
 config = TrainConfig(steps=6, batch_size=8, lr=1e-2, warmup_steps=2, ema_decay=0.5, checkpoint_every=3,
                      log_every=2, seed=0, num_threads=1, device="cpu")
@@ -458,4 +565,8 @@ def test_ddp_two_ranks(tmp_path):
     assert_states_equal(checkpoint.model_state, rank0)
     assert {"loss.rank0", "loss.rank1", "data_epoch"} == checkpoint.rng_states.keys()
     assert not torch.equal(checkpoint.rng_states["loss.rank0"], checkpoint.rng_states["loss.rank1"])
+    state = checkpoint.loss_state  # gathered from both ranks: each rank's own (its noise differs)
+    assert state.keys() == {"rank0.calls", "rank0.noise_sum", "rank1.calls", "rank1.noise_sum"}
+    assert int(state["rank0.calls"]) == int(state["rank1.calls"]) == 6
+    assert not torch.equal(state["rank0.noise_sum"], state["rank1.noise_sum"])
     assert [entry["step"] for entry in read_log(tmp_path / "run")] == [2, 4, 6]

@@ -41,6 +41,20 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="diffusionlab", description="Train, sample and evaluate diffusion models.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
     s.add_argument("--no-denoise", action="store_true",
                    help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
+    o = s.add_argument_group("sampler options (passed to the sampler only when given; the sampler must take them)")
+    given = argparse.SUPPRESS  # an option not given is absent, so the sampler keeps its own default
+    o.add_argument("--variance", default=given, choices=["small", "large"],
+                   help="ancestral: reverse variance Σ_t = β̃_t (small, the default) or β_t (large)")
+    o.add_argument("--eta", default=given, type=_nonnegative_float,
+                   help="ddim: η, 0 deterministic (the default) … 1 ancestral")
+    o.add_argument("--snr", default=given, type=_positive_float,
+                   help="predictor_corrector: Langevin signal-to-noise ratio r (default 0.16)")
+    o.add_argument("--corrector-steps", default=given, type=_nonnegative_int,
+                   help="predictor_corrector: Langevin steps per grid time (default 1)")
+    o.add_argument("--rtol", default=given, type=_positive_float, help="ode_rk45: relative tolerance (default 1e-5)")
+    o.add_argument("--atol", default=given, type=_positive_float, help="ode_rk45: absolute tolerance (default 1e-5)")
 
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
     e.add_argument("run_dir")
@@ -97,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ELBO: reverse variance Σ_t = β_t (large) or β̃_t (small); both bound the NLL, "
                         "large is the tighter bound on the digits and on Gaussian data")
     e.add_argument("--probes", type=_positive_int, default=1, help="ODE: Hutchinson probes per example")
+    e.add_argument("--probe", default=given, choices=["rademacher", "gaussian"],
+                   help="ODE: distribution of the Hutchinson probes (default rademacher)")
+    e.add_argument("--trace", default=given, choices=["auto", "exact", "hutchinson"],
+                   help="ODE: divergence by autograd (exact) or Hutchinson's estimate; auto (the default) is "
+                        "exact up to 16 dimensions")
+    e.add_argument("--rtol", type=_positive_float, default=given, help="ODE: solver's relative tolerance (1e-5)")
+    e.add_argument("--atol", type=_positive_float, default=given, help="ODE: solver's absolute tolerance (1e-5)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--batch-size", type=_positive_int, default=256, help="examples per batch (fid: samples "
                                                                          "drawn per batch, seeds seed, seed+1, …)")

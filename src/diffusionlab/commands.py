@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -20,6 +21,7 @@ from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log
 from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
+from .samplers import get_sampler
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
 
@@ -102,9 +104,26 @@ def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)  # float images are scaled to [−1, 1] by min/max
 
 
+SAMPLER_OPTIONS = ("variance", "eta", "snr", "corrector_steps", "rtol", "atol")
+
+
+def sampler_options(args, sampler: str) -> dict:
+    """The sampler options given on the command line (``--eta`` …), checked against what ``sampler`` takes."""
+    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS if getattr(args, name, None) is not None}
+    accepted = [name for name, p in inspect.signature(get_sampler(sampler)).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name in SAMPLER_OPTIONS]
+    unknown = [name for name in options if name not in accepted]
+    if unknown:
+        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
+        takes = ", ".join("--" + name.replace("_", "-") for name in accepted) or "none of them"
+        raise UserError(f"{flags} does not apply to the {sampler} sampler (its options: {takes})")
+    return options
+
+
 def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str = "uniform",
-             trajectory_every: int | None = None, denoise: bool = True):
-    """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process."""
+             trajectory_every: int | None = None, denoise: bool = True, options: dict | None = None):
+    """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process.
+    ``options`` go to the sampler (``variance``, ``eta``, ``snr``, ``corrector_steps``, ``rtol``, ``atol``)."""
     generator = torch.Generator().manual_seed(seed)
     frames = []
 
@@ -114,7 +133,7 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
 
     x, nfe = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
                   generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise,
-                  return_nfe=True)
+                  return_nfe=True, **(options or {}))
     if not torch.isfinite(x).all():
         raise UserError("sampling produced NaN/inf: the model may be under-trained or diverged; "
                         "try more training steps or another sampler")
@@ -140,6 +159,7 @@ def write_trajectory(run, frames: list[torch.Tensor], out: Path, n_show: int = 8
 
 def sample(args) -> int:
     out = checked_output_path(args.out, (".png", ".npy"))
+    options = sampler_options(args, args.sampler)  # a misplaced option fails before the run is loaded
     traj = checked_output_path(args.trajectory, (".png", ".gif")) if args.trajectory else None
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     if traj and run.dataset.kind == "vector" and traj.suffix.lower() != ".png":
@@ -147,7 +167,8 @@ def sample(args) -> int:
     steps = args.steps or run.process.default_steps()
     t0 = time.perf_counter()
     x, frames, nfe = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
-                         trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise)
+                              trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise,
+                              options=options)
     write_samples(run, x, out)
     if traj:
         write_trajectory(run, frames, traj)
@@ -171,13 +192,29 @@ def _test_data(run, spec: str, n: int | None) -> torch.Tensor:
     return x[:n] if n else x
 
 
+ODE_OPTIONS = ("probe", "trace", "rtol", "atol")
+
+
+def ode_options(args) -> dict:
+    """The ``eval --method ode`` options given on the command line; refused for the ELBO, which has no solver."""
+    options = {name: getattr(args, name) for name in ODE_OPTIONS if getattr(args, name, None) is not None}
+    if options and (args.metric != "bpd" or args.method != "ode"):
+        flags = ", ".join("--" + name for name in options)
+        raise UserError(f"{flags}: options of --metric bpd --method ode only (the probability-flow likelihood)")
+    return options
+
+
 def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None = None, probes: int = 1,
-                 seed: int = 0, batch_size: int = 256, variance: str = "large") -> dict:
-    """Bits/dim (and nats/dim for continuous data, in the data's own units) with its standard error."""
+                 seed: int = 0, batch_size: int = 256, variance: str = "large", ode: dict | None = None) -> dict:
+    """Bits/dim (and nats/dim for continuous data, in the data's own units) with its standard error.
+
+    ``ode`` holds ``log_likelihood``'s options (``probe``, ``trace``, ``rtol``, ``atol``). With Hutchinson
+    probes the result adds ``hutchinson_stderr``: the part of the bits/dim error due to the probes,
+    sqrt(Σ_i se_i²)/n with se_i the standard error over example i's probes (null with one probe)."""
     ds, dims = run.dataset, x[0].numel()
     generator = torch.Generator().manual_seed(seed)
     denoiser = Denoiser(run.model, run.process, run.prediction)
-    nll = []
+    nll, probe_se, info = [], [], {}
     with torch.no_grad():
         for batch in x.split(batch_size):
             if method == "elbo":
@@ -185,9 +222,10 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
                                          variance=variance))
             else:
                 y = dequantize(batch, ds.levels, generator) if ds.levels else batch
-                ll = log_likelihood(run.model, run.process, y, run.prediction, trace="auto", probes=probes,
-                                    generator=generator)
+                ll, info = log_likelihood(run.model, run.process, y, run.prediction, probes=probes,
+                                          generator=generator, return_info=True, **(ode or {}))
                 nll.append(discrete_nll_from_density(ll, dims, ds.levels) if ds.levels else -ll)
+                probe_se.append(info["stderr"])
     nll = torch.cat(nll).double()
     if ds.levels is None:  # a density: move it from model units to data units (log|Jacobian| = Σ log scale)
         log_scale = torch.log(ds.scale.double()).expand(ds.shape).sum()
@@ -199,6 +237,12 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
     if method == "elbo":
         result["terms"] = "all" if strata is None else f"stratified, {strata} per example"
         result["variance"] = variance
+    else:
+        result["trace"] = "exact" if info["exact_trace"] else "hutchinson"
+        if not info["exact_trace"]:
+            se = bits_per_dim(torch.cat(probe_se).double(), dims)
+            result.update(probes=probes, probe=(ode or {}).get("probe", "rademacher"),
+                          hutchinson_stderr=float(se.pow(2).sum().sqrt() / len(x)) if probes > 1 else None)
     if ds.levels is None:
         result["nats_per_dim"] = float(per_dim.mean())
         result["nats_per_dim_stderr"] = float(per_dim.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")
@@ -241,13 +285,15 @@ def evaluate_fid(run, spec: str, n: int | None, sampler: str, steps: int, grid: 
 
 
 def eval(args) -> int:  # noqa: A001 - the command's name
+    ode = ode_options(args)
     run = runs.load_run(args.run_dir)
     if args.metric == "fid":
         print(json.dumps(evaluate_fid(run, args.data, args.n, args.sampler, args.steps, args.grid, args.seed,
                                       args.batch_size)))
         return 0
     x = _test_data(run, args.data, args.n)
-    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance)
+    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance,
+                          ode)
     print(json.dumps(result))
     return 0
 

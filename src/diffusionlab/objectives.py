@@ -2,9 +2,13 @@
 
 * Gaussian densities and KL divergences in closed form, and the discretised Gaussian decoder of Ho et al.
   (§3.3) for integer-valued data;
+* the reverse step p_θ(x_s|x_t) (``reverse_mean_var``), shared with ancestral sampling;
 * the ELBO terms of any process on any time grid: the prior KL(q(x_T|x₀) ‖ p_T), the KL terms
   KL(q(x_s|x_t, x₀) ‖ p_θ(x_s|x_t)) between consecutive grid times, and the decoder −log p_θ(x₀|x_{t_min});
   on DDPM's full grid these are exactly L_T, L_{t−1} and L_0 of Ho et al. eq. 5;
+* the same bound in its first (Jensen) form on one sampled chain: log q(x_{1:T}|x₀), log p_θ(x_{0:T}) and
+  ``chain_elbo``;
+* the ideal score-matching objective (``explicit_score_matching``, for data with a known score);
 * ``DenoisingLoss`` — Ho's L_simple and denoising score matching (Vincent 2011) with a choice of weighting
   λ(t) and of the distribution of t; ``ELBOLoss`` — the full variational bound with t uniform or importance
   sampled on the loss history (Nichol & Dhariwal 2021, §3.3).
@@ -74,25 +78,48 @@ def prior_kl(process, x0: Tensor, t_max=None) -> Tensor:
                                         process.prior_std**2))
 
 
+VARIANCES = ("small", "large")
+
+
 def reverse_variance(process, s: Tensor, t: Tensor, variance: str) -> Tensor:
     """The fixed variance Σ of p_θ(x_s | x_t): ``small`` = σ̃² (β̃_t), ``large`` = σ²_{t|s} (β_t)."""
     if variance == "small":
         return process.posterior_coefficients(s, t)[2]
     if variance == "large":
         return process.transition(s, t)[1]
-    raise UserError(f"unknown variance {variance!r}: choose 'small' or 'large'")
+    raise UserError(f"unknown variance {variance!r}: choose one of {', '.join(VARIANCES)}")
+
+
+def reverse_mean_var(denoiser: Denoiser, x_t: Tensor, s, t, variance: str = "small") -> tuple[Tensor, Tensor]:
+    """Mean and variance of the reverse step p_θ(x_s | x_t) = N(μ_θ(x_t, t), Σ I), s < t (lecture §2):
+
+        μ_θ(x_t, t) = μ̃(x_t, x̂₀(x_t, t)) = c_x0 x̂₀ + c_xt x_t,   Σ = σ̃² (``small``) or σ²_{t|s} (``large``),
+
+    the posterior mean of q(x_s | x_t, x₀) with the model's x̂₀ in place of x₀. On DDPM's full grid (s = t − 1/T)
+    and an ε-model this is Ho et al.'s eq. 11, μ_θ = (x_t − β_t/sqrt(1 − ᾱ_t) ε_θ)/sqrt(α_t), with Σ = β̃_t or β_t.
+    The variance has shape (n,) (or is 0-d); ancestral sampling draws from this, the ELBO's KL terms compare to it.
+    """
+    process = denoiser.process
+    mean, posterior_var = process.posterior(x_t, denoiser(x_t, t).x0, s, t)
+    # σ̃² comes with the posterior; computing it again would double the cost of each ancestral step
+    return mean, posterior_var if variance == "small" else reverse_variance(process, s, t, variance)
+
+
+def reverse_log_prob(denoiser: Denoiser, x_s: Tensor, x_t: Tensor, s, t, variance: str = "small") -> Tensor:
+    """log p_θ(x_s | x_t) = log N(x_s; μ_θ(x_t, t), Σ I), summed over dimensions: shape (n,)."""
+    mean, var = reverse_mean_var(denoiser, x_t, s, t, variance)
+    return sum_except_batch(gaussian_log_prob(x_s, mean, bcast(var, x_s)))
 
 
 def diffusion_kl(denoiser: Denoiser, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor, variance: str = "small") -> Tensor:
     """KL(q(x_s | x_t, x₀) ‖ p_θ(x_s | x_t)) summed over dimensions (Ho et al. eq. 5, the L_{t−1} terms).
 
-    p_θ(x_s | x_t) = N(μ̃(x_t, x̂₀(x_t, t)), Σ): the posterior mean with the model's x̂₀, a fixed variance Σ.
-    s, t are (n,) tensors (per-example times allowed).
+    p_θ(x_s | x_t) = N(μ_θ, Σ) of ``reverse_mean_var``. s, t are (n,) tensors (per-example times allowed).
+    For an ε-model and Σ = σ̃² the KL is Ho et al.'s eq. 12, β_t²/(2 Σ α_t (1 − ᾱ_t)) ‖ε − ε_θ(x_t, t)‖² on DDPM's
+    grid: "the KL becomes ‖ε − ε_θ‖² up to weights" (lecture §3; tested).
     """
-    process = denoiser.process
-    q_mean, q_var = process.posterior(x_t, x0, s, t)
-    p_mean, _ = process.posterior(x_t, denoiser(x_t, t).x0, s, t)
-    p_var = reverse_variance(process, s, t, variance)
+    q_mean, q_var = denoiser.process.posterior(x_t, x0, s, t)
+    p_mean, p_var = reverse_mean_var(denoiser, x_t, s, t, variance)
     return sum_except_batch(gaussian_kl(q_mean, bcast(q_var, x0), p_mean, bcast(p_var, x0)))
 
 
@@ -153,6 +180,66 @@ def negative_elbo(denoiser: Denoiser, x0: Tensor, *, steps: int | None = None, v
     t_last = as_time(grid[-1], n, like=x0)
     x_last = process.marginal(x0, t_last, randn_like(x0, generator))
     return total + decoder_nll(denoiser, x0, x_last, t_last, levels)
+
+
+# --------------------------------------------------------------------------------------------------
+# The ELBO in its first (chain) form: log p_θ(x_{0:T}) − log q(x_{1:T} | x₀) on one sampled chain
+#
+# A chain lives on a grid t_max = t_0 > t_1 > … > t_{K−1} = t_min (``time_grid``; DDPM's full grid is T/T … 1/T)
+# and is the list ``xs`` with xs[k] the state at grid[k]: xs[0] is x_T, xs[−1] is x_1 (the state next to x₀).
+
+
+def forward_chain(process, x0: Tensor, grid: Tensor, generator=None) -> list[Tensor]:
+    """x_{1:T} ~ q(x_{1:T} | x₀) = q(x_{t_min} | x₀) ∏_k q(x_{t_k} | x_{t_{k+1}}) (lecture §1), drawn step by step:
+    x_{t_min} = α(t_min) x₀ + σ(t_min) ε, then x_t = α_{t|s} x_s + σ_{t|s} ε. On DDPM's grid every step is the
+    lecture's q(x_t | x_{t−1}) = N(sqrt(1 − β_t) x_{t−1}, β_t I). Returns xs in grid order (xs[0] = x_T)."""
+    n = x0.shape[0]
+    xs = [process.marginal(x0, as_time(grid[-1], n, like=x0), randn_like(x0, generator))]
+    for k in range(len(grid) - 2, -1, -1):
+        a_ts, s2_ts = process.transition(as_time(grid[k + 1], n, like=x0), as_time(grid[k], n, like=x0))
+        xs.append(bcast(a_ts, x0) * xs[-1] + bcast(s2_ts.sqrt(), x0) * randn_like(x0, generator))
+    return xs[::-1]
+
+
+def chain_log_prob(process, x0: Tensor, xs: list[Tensor], grid: Tensor) -> Tensor:
+    """log q(x_{1:T} | x₀) = log q(x_{t_min} | x₀) + Σ_k log q(x_{t_k} | x_{t_{k+1}}), shape (n,) (lecture §1:
+    q(x_{1:T} | x₀) = ∏_{t=1}^T q(x_t | x_{t−1}), with q(x_1 | x_0) the closed form at t_min)."""
+    n = x0.shape[0]
+    t_min = as_time(grid[-1], n, like=x0)
+    total = sum_except_batch(gaussian_log_prob(xs[-1], bcast(process.alpha(t_min), x0) * x0,
+                                               bcast(process.sigma(t_min) ** 2, x0)))
+    for k in range(len(grid) - 1):
+        a_ts, s2_ts = process.transition(as_time(grid[k + 1], n, like=x0), as_time(grid[k], n, like=x0))
+        total = total + sum_except_batch(gaussian_log_prob(xs[k], bcast(a_ts, x0) * xs[k + 1], bcast(s2_ts, x0)))
+    return total
+
+
+def joint_log_prob(denoiser: Denoiser, x0: Tensor, xs: list[Tensor], grid: Tensor, variance: str = "small",
+                   levels: int | None = None) -> Tensor:
+    """log p_θ(x_{0:T}) = log p(x_T) + Σ_{t=T}^{2} log p_θ(x_{t−1} | x_t) + log p_θ(x₀ | x_1), shape (n,)
+    (lecture §2), with p(x_T) the prior N(0, prior_std² I), p_θ(x_s | x_t) of ``reverse_mean_var`` and the
+    decoder p_θ(x₀ | x_{t_min}) of ``decoder_nll`` (a probability for integer data on ``levels``)."""
+    n = x0.shape[0]
+    total = denoiser.process.prior_log_prob(xs[0])
+    for k in range(len(grid) - 1):
+        t, s = as_time(grid[k], n, like=x0), as_time(grid[k + 1], n, like=x0)
+        total = total + reverse_log_prob(denoiser, xs[k + 1], xs[k], s, t, variance)
+    return total - decoder_nll(denoiser, x0, xs[-1], as_time(grid[-1], n, like=x0), levels)
+
+
+def chain_elbo(denoiser: Denoiser, x0: Tensor, *, steps: int | None = None, variance: str = "small",
+               levels: int | None = None, generator=None) -> Tensor:
+    """The ELBO in its first form (lecture §3, by Jensen's inequality), estimated on one chain per example:
+
+        log p_θ(x₀) ≥ E_{q(x_{1:T}|x₀)}[log p_θ(x_{0:T}) − log q(x_{1:T} | x₀)],   x_{1:T} ~ q(x_{1:T} | x₀).
+
+    Unbiased for the same bound as ``−negative_elbo`` (its KL form) on the same grid, but with the variance of
+    the whole chain: the "naive training" of the lecture. Shape (n,), nats.
+    """
+    process = denoiser.process
+    grid = time_grid(process, steps if steps is not None else process.default_steps()).to(x0.dtype)
+    xs = forward_chain(process, x0, grid, generator)
+    return joint_log_prob(denoiser, x0, xs, grid, variance, levels) - chain_log_prob(process, x0, xs, grid)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -222,6 +309,18 @@ def sample_times(process, n: int, generator, time_sampling: str = "uniform") -> 
     raise UserError(f"unknown time sampling {time_sampling!r}: choose one of {', '.join(TIME_SAMPLINGS)}")
 
 
+def explicit_score_matching(denoiser: Denoiser, score_fn, x_t: Tensor, t) -> Tensor:
+    """‖s_θ(x_t, t) − ∇log p_t(x_t)‖² summed over dimensions, shape (n,): the ideal objective of lecture §7,
+    ∫∫ p_t(x) ‖s_θ(x, t) − ∇log p_t(x)‖² dx dt, at samples x_t ~ p_t (Hyvärinen 2005).
+
+    It needs the true score ``score_fn(x_t, t)``, known only for toy data (the exact Gaussian mixtures of
+    ``data``); training uses its tractable twin, denoising score matching ‖s_θ − ∇log p_t(x_t | x₀)‖² with
+    ∇log p_t(x_t | x₀) = −ε/σ (``DenoisingLoss``), which differs from it by a constant in θ (Vincent 2011; tested).
+    """
+    t = as_time(t, x_t.shape[0], like=x_t)
+    return sum_except_batch((denoiser.score(x_t, t) - score_fn(x_t, t)) ** 2)
+
+
 class DenoisingLoss:
     """E_t E_{x₀, ε} [ λ(t) ‖ε̂(x_t, t) − ε‖² ] averaged over dimensions, with x_t = α x₀ + σ ε.
 
@@ -258,7 +357,8 @@ class ELBOLoss:
 
     averaged over dimensions (nats/dim). ``time_sampling="importance"`` draws i ∝ sqrt(E[L_i²]) over the last
     ``history`` values of each term and divides by T·p(i) (Nichol & Dhariwal 2021, §3.3, eq. 18), after every
-    term has a full history; until then i is uniform. The history is per process, not saved in checkpoints.
+    term has a full history; until then i is uniform. The history is the loss's state: ``state_dict()`` /
+    ``load_state_dict()``, which the trainer saves in every checkpoint so that a resumed run draws the same i.
     """
 
     def __init__(self, process, prediction: str = "eps", variance: str = "small", levels: int | None = None,
@@ -272,6 +372,21 @@ class ELBOLoss:
         self.time_sampling = time_sampling
         self._history = torch.zeros(process.T, history, dtype=torch.float64)
         self._count = torch.zeros(process.T, dtype=torch.long)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The loss history (T × history values) and the number of values seen per term."""
+        return {"history": self._history.clone(), "count": self._count.clone()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        expected = {"history": self._history, "count": self._count}
+        for name, current in expected.items():
+            value = state.get(name)
+            if value is None or value.shape != current.shape:
+                got = "missing" if value is None else f"shape {tuple(value.shape)}"
+                raise UserError(f"the ELBO loss state {name!r} is {got}, this loss needs shape "
+                                f"{tuple(current.shape)} (T={self.process.T}, history={self._history.shape[1]})")
+        self._history = state["history"].to(dtype=torch.float64, device="cpu").clone()
+        self._count = state["count"].to(dtype=torch.long, device="cpu").clone()
 
     def _probabilities(self) -> Tensor:
         T = self.process.T
@@ -299,9 +414,15 @@ class ELBOLoss:
         t = (i.double() / T).to(x0.device)
         denoiser = Denoiser(model, process, self.prediction)
         x_t = process.marginal(x0, t, randn_like(x0, generator))
-        kl = diffusion_kl(denoiser, x0, x_t, t - 1.0 / T, t, self.variance)
-        dec = decoder_nll(denoiser, x0, x_t, t, self.levels)
-        term = torch.where(i.to(x0.device) == 1, dec, kl)
+        # Each example gets its own term only: L_0 (the decoder) for i = 1, L_{i−1} (a KL) otherwise. The KL at
+        # i = 1 (s = 0, σ̃² = 0) is infinite, and torch.where would send its NaN gradient through the masked branch.
+        first = (i == 1).to(x0.device)
+        term = torch.zeros(n, dtype=x0.dtype, device=x0.device)
+        if bool(first.any()):
+            term[first] = decoder_nll(denoiser, x0[first], x_t[first], t[first], self.levels)
+        if bool((~first).any()):
+            rest = ~first
+            term[rest] = diffusion_kl(denoiser, x0[rest], x_t[rest], t[rest] - 1.0 / T, t[rest], self.variance)
         self._record(i, term)
         weight = (1.0 / (T * probs[i - 1])).to(device=x0.device, dtype=x0.dtype)
         d = x0[0].numel()

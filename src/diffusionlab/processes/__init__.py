@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import UserError
-from .base import Process
+from .base import Process, forward_euler_maruyama_step
 from .ddpm import DDPM, forward_marginal, forward_step, posterior_mean_var
 from .schedules import cosine_betas, linear_betas, make_betas
 from .sde import VESDE, SubVPSDE, VPSDE
@@ -24,4 +24,5 @@ def make_process(config: dict | str) -> Process:
 
 
 __all__ = ["Process", "DDPM", "VPSDE", "SubVPSDE", "VESDE", "PROCESSES", "make_process", "forward_step",
-           "forward_marginal", "posterior_mean_var", "linear_betas", "cosine_betas", "make_betas"]
+           "forward_marginal", "forward_euler_maruyama_step", "posterior_mean_var", "linear_betas",
+           "cosine_betas", "make_betas"]

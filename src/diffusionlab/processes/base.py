@@ -151,3 +151,16 @@ class Process:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "process")
         return f"{type(self).__name__}({args})"
+
+
+def forward_euler_maruyama_step(process: Process, x: Tensor, t, h, eps: Tensor) -> Tensor:
+    """One Euler–Maruyama step of the forward SDE dx = f(x, t) dt + g(t) dW (lecture §5):
+
+        x_{t+h} = x_t + h f(x_t, t) + sqrt(h) g(t) ε,   ε ~ N(0, I)  (given as ``eps``, shaped like x).
+
+    ``t`` is a float, a 0-d or a (n,) tensor, ``h > 0`` the step. Iterated from t = 0 its states have the
+    marginals q(x_t | x_0) up to O(h) (tested against the closed form for every process). The reverse-time
+    counterpart is ``samplers.sde.euler_maruyama_step``.
+    """
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+    return x + h * process.drift(x, t) + bcast(h**0.5 * process.diffusion(t), x) * eps

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 from .._tensor import bcast, randn_like
 from ..errors import UserError
+from ..objectives import VARIANCES, reverse_mean_var
 from ._loop import integrate
-
-VARIANCES = ("small", "large")
 
 
 def ancestral(denoiser, process, x, grid, *, generator=None, callback=None, variance: str = "small"):
-    """x_s = μ̃(x_t, x̂₀) + sqrt(Σ) z with Σ = σ̃² (``small``: β̃_t, the posterior variance) or
-    Σ = σ²_{t|s} (``large``: β_t on the full grid). Ho et al. §3.2 found both similar for samples.
+    """x_s ~ p_θ(x_s | x_t): x_s = μ_θ(x_t, t) + sqrt(Σ) z (``objectives.reverse_mean_var``) with Σ = σ̃²
+    (``small``: β̃_t, the posterior variance) or Σ = σ²_{t|s} (``large``: β_t on the full grid). Ho et al. §3.2
+    found both similar for samples.
     NFE = steps − 1 (+1 for the final denoising step of ``sample``)."""
     if variance not in VARIANCES:
         raise UserError(f"unknown variance {variance!r}: choose one of {', '.join(VARIANCES)}")
 
     def step(x, t, s):
-        mean, var = process.posterior(x, denoiser(x, t).x0, s, t)
-        if variance == "large":
-            var = process.transition(s, t)[1]
+        mean, var = reverse_mean_var(denoiser, x, s, t, variance)
         return mean + bcast(var.sqrt(), x) * randn_like(x, generator)
 
     return integrate(step, x, grid, callback)

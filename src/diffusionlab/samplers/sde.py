@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 
+from torch import Tensor
+
 from .._tensor import bcast, randn_like
 from ..dynamics import reverse_sde_drift
 from ._loop import integrate
@@ -23,31 +25,39 @@ def euler_maruyama(denoiser, process, x, grid, *, generator=None, callback=None)
     return integrate(lambda x, t, s: euler_maruyama_step(denoiser, process, x, t, s, generator), x, grid, callback)
 
 
-def langevin_corrector_step(denoiser, process, x, t, generator, snr: float):
-    """One step of Langevin MCMC targeting p_t (Song et al. 2021, Algorithm 5):
+def langevin_step_size(score: Tensor, z: Tensor, snr: float, alpha=1.0) -> Tensor:
+    """The Langevin step size of Song et al. 2021, Algorithm 5:
 
-        ε = 2 (r ‖z‖ / ‖∇log p_t‖)²,   x ← x + ε ∇log p_t(x) + sqrt(2ε) z,   r = ``snr``,
+        ε = 2 α (r ‖z‖ / ‖∇log p_t‖)²,   r = ``snr``,
 
     with the norms averaged over the batch as in Song et al.'s code (a per-sample ratio blows up in low
-    dimension wherever the score vanishes). Song et al. multiply ε by α_i = 1 − β_i for VP models; that
-    factor is 1 to O(β) and is omitted here, for every process.
+    dimension wherever the score vanishes). α is α_i = 1 − β_i for VP-type processes, 1 for VE."""
+    mean_norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1).mean()  # noqa: E731
+    return 2 * alpha * (snr * mean_norm(z) / mean_norm(score).clamp(min=1e-12)) ** 2
+
+
+def langevin_corrector_step(denoiser, process, x, t, generator, snr: float, alpha=1.0):
+    """One step of Langevin MCMC targeting p_t (Song et al. 2021, Algorithm 5):
+
+        x ← x + ε ∇log p_t(x) + sqrt(2ε) z,   z ~ N(0, I),   ε = ``langevin_step_size(∇log p_t, z, snr, alpha)``.
     """
     score = denoiser.score(x, t)
     z = randn_like(x, generator)
-    mean_norm = lambda v: v.reshape(v.shape[0], -1).norm(dim=1).mean()  # noqa: E731
-    step = 2 * (snr * mean_norm(z) / mean_norm(score).clamp(min=1e-12)) ** 2
+    step = langevin_step_size(score, z, snr, alpha)
     return x + step * score + (2 * step).sqrt() * z
 
 
 def predictor_corrector(denoiser, process, x, grid, *, generator=None, callback=None, snr: float = 0.16,
                         corrector_steps: int = 1):
     """Predictor–corrector (Song et al. 2021, Algorithm 1): at each grid time, ``corrector_steps`` Langevin
-    steps at t, then an Euler–Maruyama predictor step to the next time.
+    steps at t, then an Euler–Maruyama predictor step to the next time s. The corrector's α is
+    α²_{t|s} = α_t²/α_s²: exactly 1 − β_i on DDPM's grid (Song et al.'s α_i for VP and sub-VP), 1 for VE.
     NFE = (steps − 1)(1 + corrector_steps) (+1 for the final denoising step)."""
 
     def step(x, t, s):
+        alpha = process.transition(s, t)[0] ** 2
         for _ in range(corrector_steps):
-            x = langevin_corrector_step(denoiser, process, x, t, generator, snr)
+            x = langevin_corrector_step(denoiser, process, x, t, generator, snr, alpha)
         return euler_maruyama_step(denoiser, process, x, t, s, generator)
 
     return integrate(step, x, grid, callback)

@@ -4,7 +4,8 @@ A run directory holds exactly one checkpoint, overwritten on every save:
 
 ``checkpoint.safetensors``
     every tensor, flat, under a prefix: ``model.`` (weights), ``ema.`` (EMA shadow weights), ``optim.<param
-    id>.<name>`` (optimizer state such as Adam's moments), ``rng.<name>`` (generator states, uint8).
+    id>.<name>`` (optimizer state such as Adam's moments), ``rng.<name>`` (generator states, uint8), ``loss.<name>``
+    (the state of a loss that keeps one, such as the ELBO's loss history for importance sampling).
 ``checkpoint.json``
     the caller's ``config`` (what is needed to rebuild the model and process), ``step``, the optimizer's
     ``param_groups`` and non-tensor state, the caller's ``extra`` and the sha256 of ``checkpoint.safetensors``.
@@ -76,6 +77,7 @@ class Checkpoint:
     optimizer_state: dict[str, Any] | None = None
     rng_states: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, Any] | None = None
+    loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def checkpoint_exists(run_dir: str | os.PathLike) -> bool:
@@ -93,14 +95,16 @@ def save_checkpoint(
     config: dict,
     rng_states: Mapping[str, torch.Tensor] | None = None,
     extra: dict | None = None,
+    loss_state: Mapping[str, torch.Tensor] | None = None,
 ) -> None:
     """Write the checkpoint pair into ``run_dir`` (created if missing), replacing the previous one atomically.
 
     ``ema`` is anything with a ``state_dict()`` of tensors (an :class:`~diffusionlab.training.ema.EMA`);
+    ``loss_state`` is a flat dict of tensors (a stateful loss's ``state_dict()``, stored under ``loss.``);
     ``config`` and ``extra`` must be JSON-serializable and are stored verbatim. Everything is serialized before
     the first byte is written, so a bad ``config`` raises :class:`UserError` and leaves the old checkpoint as is.
     """
-    tensors = _flatten_tensors(model, ema, optimizer, rng_states)
+    tensors = _flatten_tensors(model, ema, optimizer, rng_states, loss_state)
     tensor_bytes = safetensors.torch.save(tensors)
     record = {
         "format_version": FORMAT_VERSION,
@@ -137,6 +141,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         config=record["config"],
         rng_states=groups["rng"],
         extra=record.get("extra"),
+        loss_state=groups["loss"],
     )
 
 
@@ -185,7 +190,7 @@ def one_line(text: object) -> str:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _flatten_tensors(model, ema, optimizer, rng_states) -> dict[str, torch.Tensor]:
+def _flatten_tensors(model, ema, optimizer, rng_states, loss_state=None) -> dict[str, torch.Tensor]:
     """All tensors of a save under their prefixes, as independent contiguous CPU copies.
 
     Copies because safetensors refuses tensors that share storage (tied weights) and needs contiguous CPU data.
@@ -202,6 +207,7 @@ def _flatten_tensors(model, ema, optimizer, rng_states) -> dict[str, torch.Tenso
         if state.dtype != torch.uint8:
             raise UserError(f"rng state {name!r} has dtype {state.dtype}; pass generator.get_state() (uint8)")
     _add_prefixed(flat, "rng.", rng_states or {})
+    _add_prefixed(flat, "loss.", loss_state or {})
     return flat
 
 
@@ -357,8 +363,8 @@ def _parse_safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
 
 
 def _split_prefixes(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Group flat keys by their first component (``model``, ``ema``, ``optim``, ``rng``), prefix removed."""
-    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+    """Group flat keys by their first component (``model``, ``ema``, ``optim``, ``rng``, ``loss``), prefix removed."""
+    groups: dict[str, dict[str, torch.Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}, "loss": {}}
     for key, tensor in tensors.items():
         prefix, _, name = key.partition(".")
         if prefix not in groups or not name:

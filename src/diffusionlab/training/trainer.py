@@ -8,10 +8,11 @@ Exact resume. Every random number of a run comes from two generators the trainer
 generator (seeded with ``seed``, the same on every rank, so ranks agree on the batch order) that draws one
 permutation per epoch, and a loss generator per rank (seeded with ``seed + rank``) handed to ``loss_fn``. A
 checkpoint stores the data generator's state at the start of the current epoch plus the position in that
-epoch, every rank's loss generator state, model, EMA and optimizer state, and the loss statistics shown in the
-logs. Resuming therefore replays exactly the computation an uninterrupted run would have done: on the CPU with
-a fixed thread count, training N steps straight and training k, stopping and resuming to N give bitwise
-identical weights. (GPU kernels are not bitwise deterministic in general, so there it is only close.)
+epoch, every rank's loss generator state, model, EMA and optimizer state, the loss statistics shown in the
+logs, and every rank's state of a loss that keeps one (a ``loss_fn`` with ``state_dict()`` and
+``load_state_dict()`` of tensors, such as the ELBO loss's history for importance sampling). Resuming therefore
+replays exactly the computation an uninterrupted run would have done: on the CPU with a fixed thread count,
+training N steps straight and training k, stopping and resuming to N give bitwise identical weights. (GPU kernels are not bitwise deterministic in general, so there it is only close.)
 """
 
 from __future__ import annotations
@@ -135,8 +136,9 @@ def train(
 
     ``loss_fn(model, batch, generator)`` returns the per-example loss, shape ``(n,)``; the trainer takes the mean.
     All its randomness must come from ``generator`` (a ``torch.Generator`` on the training device) or resuming
-    is not exact. Under torchrun ``model`` arrives wrapped in DistributedDataParallel, so call it only through
-    ``model(...)``. ``run_config`` (JSON) is stored verbatim in every checkpoint: it is what a later process needs
+    is not exact; a loss that keeps state between calls must expose it as ``state_dict()`` / ``load_state_dict()``
+    (tensors), which every checkpoint saves and a resume restores, per rank. Under torchrun ``model`` arrives
+    wrapped in DistributedDataParallel, so call it only through ``model(...)``. ``run_config`` (JSON) is stored verbatim in every checkpoint: it is what a later process needs
     to rebuild the model. ``resume=True`` continues from the checkpoint in ``run_dir`` (which must exist);
     ``resume=False`` refuses a ``run_dir`` that already holds one. ``on_checkpoint(step)`` is called on rank 0
     after each checkpoint is on disk. The data is moved to the training device once, so it must fit there.
@@ -349,6 +351,7 @@ class _Trainer:
         self._load_optimizer(checkpoint.optimizer_state)
         self.sampler.restore(checkpoint.rng_states["data_epoch"], state["sampler"])
         self._load_loss_generator(checkpoint.rng_states[f"loss.rank{self.dist.rank}"])
+        self._load_loss_state(checkpoint.loss_state)
         self.stats = _LossStats(**state["loss_stats"])
         self.step = self.last_checkpoint = checkpoint.step
         if self.dist.is_main:
@@ -374,6 +377,30 @@ class _Trainer:
         except RuntimeError:
             raise UserError(f"the checkpoint's random state is for another kind of device than "
                             f"{self.dist.device.type}; resume on the device type it was trained on") from None
+
+    def _load_loss_state(self, saved: dict[str, torch.Tensor]) -> None:
+        """Give a stateful loss back this rank's state (saved as ``rank<r>.<name>``)."""
+        if not _has_state(self.loss_fn):
+            return
+        prefix = f"rank{self.dist.rank}."
+        state = {key[len(prefix):]: value for key, value in saved.items() if key.startswith(prefix)}
+        if not state:
+            if self.dist.is_main:
+                warnings.warn(f"the checkpoint in {self.run_dir} holds no state of the loss (written by an older "
+                              "version?); the loss starts afresh, so the run will differ from an uninterrupted one",
+                              stacklevel=5)
+            return
+        self.loss_fn.load_state_dict(state)
+
+    def _loss_state(self) -> dict[str, torch.Tensor]:
+        """Every rank's state of a stateful loss, gathered (all ranks take part), keyed ``rank<r>.<name>``."""
+        if not _has_state(self.loss_fn):
+            return {}
+        state = {}
+        for name, tensor in self.loss_fn.state_dict().items():
+            for rank, part in enumerate(self.dist.gather(tensor.detach().cpu())):
+                state[f"rank{rank}.{name}"] = part
+        return state
 
     def _load_optimizer(self, state: dict | None) -> None:
         if state is None:
@@ -478,18 +505,25 @@ class _Trainer:
         rng_states = {f"loss.rank{rank}": state
                       for rank, state in enumerate(self.dist.gather(self.loss_generator.get_state()))}
         rng_states["data_epoch"] = self.sampler.epoch_state
+        loss_state = self._loss_state()
         self.last_checkpoint = self.step
         if not self.dist.is_main:
             return
         trainer_state = {"sampler": self.sampler.position_record(), "loss_stats": dataclasses.asdict(self.stats),
                          "world_size": self.dist.world_size, "train_config": dataclasses.asdict(self.config)}
         save_checkpoint(self.run_dir, model=self.model, ema=self.ema, optimizer=self.optimizer, step=self.step,
-                        config=self.run_config, rng_states=rng_states, extra={"trainer": trainer_state})
+                        config=self.run_config, rng_states=rng_states, extra={"trainer": trainer_state},
+                        loss_state=loss_state)
         if on_checkpoint is not None:
             on_checkpoint(self.step)
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def _has_state(loss_fn: Any) -> bool:
+    """Whether ``loss_fn`` keeps state that a checkpoint must carry: it has ``state_dict`` and ``load_state_dict``."""
+    return callable(getattr(loss_fn, "state_dict", None)) and callable(getattr(loss_fn, "load_state_dict", None))
 
 
 def _check_per_example(per_example: Any, batch_size: int) -> None:
