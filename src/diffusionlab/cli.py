@@ -16,6 +16,7 @@ from .errors import UserError
 from .grids import GRIDS
 from .processes import PROCESSES
 from .samplers import SAMPLERS
+from .samplers.tuning import DETERMINISTIC
 
 EXIT_USER_ERROR = 2
 
@@ -91,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
     s.add_argument("--no-denoise", action="store_true",
                    help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
+    s.add_argument("--solver", help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler "
+                                    "(fitted_multistep), its grid and coefficients; --sampler/--grid/--steps unused")
     o = s.add_argument_group("sampler options (passed to the sampler only when given; the sampler must take them)")
     given = argparse.SUPPRESS  # an option not given is absent, so the sampler keeps its own default
     o.add_argument("--variance", default=given, choices=["small", "large"],
@@ -103,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictor_corrector: Langevin steps per grid time (default 1)")
     o.add_argument("--rtol", default=given, type=_positive_float, help="ode_rk45: relative tolerance (default 1e-5)")
     o.add_argument("--atol", default=given, type=_positive_float, help="ode_rk45: absolute tolerance (default 1e-5)")
+
+    f = sub.add_parser("fit-sampler", formatter_class=fmt,
+                       help="fit a fast deterministic sampler (grid and coefficients) to a trained run")
+    f.add_argument("run_dir")
+    f.add_argument("--steps", type=_positive_int, required=True, help="model evaluations of the fitted sampler (>= 2)")
+    f.add_argument("--out", required=True, help=".json file for `diffusionlab sample --solver`")
+    f.add_argument("--base-sampler", default="unipc", choices=[n for n in DETERMINISTIC if n != "fitted_multistep"],
+                   help="the sampler whose grid optimize_grid fits first")
+    f.add_argument("--calibration", type=_positive_int, default=256, help="calibration noise draws")
+    f.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
+    f.add_argument("--batch-size", type=_positive_int, help="calibration draws per gradient batch (memory)")
+    f.add_argument("--raw-weights", action="store_true", help="fit to the raw weights instead of the EMA")
 
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
     e.add_argument("run_dir")
@@ -163,7 +178,7 @@ def _run(argv: list[str] | None) -> int:
         args = build_parser().parse_args(argv)
         from . import commands  # deferred: keeps `--help` fast
 
-        return getattr(commands, args.command)(args) or 0
+        return getattr(commands, args.command.replace("-", "_"))(args) or 0
     except UserError as e:
         print(f"diffusionlab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -21,7 +21,7 @@ from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log
 from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
-from .samplers import get_sampler
+from .samplers import exact_solution, fit_multistep, get_sampler, optimize_grid
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
 
@@ -159,22 +159,90 @@ def write_trajectory(run, frames: list[torch.Tensor], out: Path, n_show: int = 8
 
 def sample(args) -> int:
     out = checked_output_path(args.out, (".png", ".npy"))
-    options = sampler_options(args, args.sampler)  # a misplaced option fails before the run is loaded
+    solver = read_solver(args.solver) if getattr(args, "solver", None) else None
+    sampler = solver["sampler"] if solver else args.sampler
+    options = sampler_options(args, sampler)  # a misplaced option fails before the run is loaded
     traj = checked_output_path(args.trajectory, (".png", ".gif")) if args.trajectory else None
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     if traj and run.dataset.kind == "vector" and traj.suffix.lower() != ".png":
         raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")
-    steps = args.steps or run.process.default_steps()
+    grid = args.grid
+    if solver:
+        grid, options["coefficients"] = solver_for_run(solver, run, args.solver, args.steps)
+    steps = len(grid) if solver else args.steps or run.process.default_steps()
     t0 = time.perf_counter()
-    x, frames, nfe = generate(run, args.n, args.sampler, steps, args.seed, args.grid,
+    x, frames, nfe = generate(run, args.n, sampler, steps, args.seed, grid,
                               trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise,
                               options=options)
     write_samples(run, x, out)
     if traj:
         write_trajectory(run, frames, traj)
     print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
-          + f" ({args.sampler}, {steps} steps, {nfe} model evaluations, {time.perf_counter() - t0:.1f} s)")
+          + f" ({sampler}, {steps} steps, {nfe} model evaluations, {time.perf_counter() - t0:.1f} s)")
     return 0
+
+
+# --------------------------------------------------------------------------------------------------
+# fit-sampler
+
+SOLVER_FORMAT = "diffusionlab-fitted-sampler"
+
+
+def fit_sampler(args) -> int:
+    """Fit ``fitted_multistep`` to a run: the grid by ``optimize_grid`` (with ``--base-sampler``), then the
+    coefficients by ``fit_multistep``, both on one batch of calibration noise; write them as JSON."""
+    out = checked_output_path(args.out, (".json",))
+    run = runs.load_run(args.run_dir, ema=not args.raw_weights)
+    process, model, prediction = run.process, run.model, run.prediction
+    if process.discrete and args.steps > process.T:
+        raise UserError(f"--steps {args.steps} exceeds the {process.T} steps this DDPM was trained with")
+    t0 = time.perf_counter()
+    x_cal = process.prior_sample((args.calibration, *run.dataset.shape), torch.Generator().manual_seed(args.seed))
+    # float32 networks: a tolerance far below the few-step errors this fit is about, well above round-off
+    reference = exact_solution(model, process, x_cal, prediction=prediction, rtol=1e-5)
+    grid_fit = optimize_grid(model, process, args.base_sampler, args.steps, x_cal, prediction=prediction,
+                             reference=reference)
+    fit = fit_multistep(model, process, grid_fit.grid, x_cal, prediction=prediction, reference=reference,
+                        batch_size=args.batch_size)
+    solver = {"format": SOLVER_FORMAT, "version": 1, "sampler": "fitted_multistep", "steps": args.steps,
+              "grid": fit.grid.tolist(), "coefficients": fit.coefficients, "process": run.config["process"],
+              "prediction": prediction, "run_step": run.step,
+              "calibration": {"n": args.calibration, "seed": args.seed, "base_sampler": args.base_sampler,
+                              "rms_error": {f"{args.base_sampler}, log-SNR grid": grid_fit.start_error,
+                                            f"{args.base_sampler}, fitted grid": grid_fit.error,
+                                            "fitted_multistep": fit.error}}}
+    write_atomically(out, lambda handle: handle.write(json.dumps(solver, indent=1).encode()))
+    print(f"diffusionlab: wrote a {args.steps}-step fitted sampler to {out} (calibration RMS error to the exact "
+          f"ODE solution: {args.base_sampler} log-SNR grid {grid_fit.start_error:.4g}, fitted grid "
+          f"{grid_fit.error:.4g}, fitted coefficients {fit.error:.4g}; {time.perf_counter() - t0:.0f} s). "
+          f"Use it: diffusionlab sample {args.run_dir} --solver {out} ...")
+    return 0
+
+
+def read_solver(path: str) -> dict:
+    """A fitted sampler written by ``fit-sampler``, checked."""
+    try:
+        solver = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"solver file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"cannot read the solver file {path} ({str(e).splitlines()[0]}); write it again with "
+                        "diffusionlab fit-sampler") from None
+    keys = ("sampler", "grid", "coefficients", "process", "prediction")
+    if not isinstance(solver, dict) or solver.get("format") != SOLVER_FORMAT or any(k not in solver for k in keys):
+        raise UserError(f"{path} is not a solver file written by diffusionlab fit-sampler")
+    return solver
+
+
+def solver_for_run(solver: dict, run, path: str, steps: int | None):
+    """The grid (tensor) and coefficients of ``solver``, after checking that it was fitted to a model like ``run``'s."""
+    if solver["process"] != run.config["process"] or solver["prediction"] != run.prediction:
+        raise UserError(f"{path} was fitted to a {solver['process']} / {solver['prediction']} model, this run is "
+                        f"{run.config['process']} / {run.prediction}: fit a sampler to this run with fit-sampler")
+    grid = torch.tensor(solver["grid"], dtype=torch.float64)
+    if steps is not None and steps != len(grid):
+        raise UserError(f"{path} is a {len(grid)}-step sampler; leave out --steps (got {steps})")
+    return grid, solver["coefficients"]
 
 
 # --------------------------------------------------------------------------------------------------

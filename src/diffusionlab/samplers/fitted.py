@@ -133,16 +133,19 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
             e = math.sqrt(sum(float(squared_error(flat, x, ref)) for x, ref in chunks) / len(x_T))
         return e if math.isfinite(e) else math.inf
 
+    @torch.enable_grad()
     def fit_from(start):
         params = start.clone().requires_grad_(True)
 
         def closure():
-            optimizer.zero_grad()
             total = 0.0
+            grad = torch.zeros_like(params)
             for x, ref in chunks:
                 loss = squared_error(params, x, ref) / len(x_T)
-                loss.backward()
+                # the gradient for the coefficients only: nothing accumulates in a network's own parameters
+                grad += torch.autograd.grad(loss, params)[0]
                 total += loss.item()
+            params.grad = grad
             return torch.tensor(total)
 
         iterations = 0
