@@ -97,3 +97,27 @@ def test_dopri5_never_steps_outside_its_interval():
     sol = dopri5(fun, 1.0, 0.996, y0, rtol=1e-9, atol=1e-9)
     exact = math.exp((2 / 3) * (0.005 ** 1.5 - 0.001 ** 1.5))  # y' = −y sqrt(t − c), integrated from 1 down
     assert torch.allclose(sol.y, torch.full((3,), exact, dtype=F64), rtol=1e-8)
+
+
+def test_dopri5_on_an_empty_interval_returns_the_start():
+    from diffusionlab.solvers import dopri5
+
+    y0 = torch.ones(2, dtype=F64)
+    sol = dopri5(lambda t, y: -y, 0.5, 0.5, y0)
+    assert torch.equal(sol.y, y0) and sol.nfe == 0
+    process = dl.VPSDE()
+    model, _, fresh = _bed(process)
+    x = dl.sample(model, process, "ode_rk45", 1, x_T=fresh[:8], denoise=False)  # a one-point grid: nothing to do
+    assert torch.allclose(x, fresh[:8], rtol=1e-14, atol=0)  # x/α·α: round-off only
+
+
+def test_fit_of_a_model_with_non_finite_output_is_a_user_error():
+    process = dl.DDPM(1000)
+    _, calibration, _ = _bed(process)
+
+    def broken(x, t):
+        return torch.full_like(x, float("nan"))
+
+    with pytest.raises(UserError, match="not finite"):
+        dl.fit_multistep(broken, process, "logsnr", calibration[:16], steps=3, reference=calibration[:16],
+                         rounds=1, max_iter=2)

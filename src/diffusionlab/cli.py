@@ -92,8 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
     s.add_argument("--no-denoise", action="store_true",
                    help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
-    s.add_argument("--solver", help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler "
-                                    "(fitted_multistep), its grid and coefficients; --sampler/--grid/--steps unused")
+    s.add_argument("--solver", help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler, "
+                                    "its grid and coefficients, and replaces --sampler and --grid (--steps, if "
+                                    "given, must match the file)")
     o = s.add_argument_group("sampler options (passed to the sampler only when given; the sampler must take them)")
     given = argparse.SUPPRESS  # an option not given is absent, so the sampler keeps its own default
     o.add_argument("--variance", default=given, choices=["small", "large"],

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
 from .samplers import exact_solution, fit_multistep, get_sampler, optimize_grid
+from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
 
@@ -168,7 +170,8 @@ def sample(args) -> int:
         raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")
     grid = args.grid
     if solver:
-        grid, options["coefficients"] = solver_for_run(solver, run, args.solver, args.steps)
+        grid, fitted = solver_for_run(solver, run, args.solver, args.steps, ema=not args.raw_weights)
+        options.update(fitted)
     steps = len(grid) if solver else args.steps or run.process.default_steps()
     t0 = time.perf_counter()
     x, frames, nfe = generate(run, args.n, sampler, steps, args.seed, grid,
@@ -204,15 +207,21 @@ def fit_sampler(args) -> int:
                              reference=reference)
     fit = fit_multistep(model, process, grid_fit.grid, x_cal, prediction=prediction, reference=reference,
                         batch_size=args.batch_size)
-    solver = {"format": SOLVER_FORMAT, "version": 1, "sampler": "fitted_multistep", "steps": args.steps,
-              "grid": fit.grid.tolist(), "coefficients": fit.coefficients, "process": run.config["process"],
-              "prediction": prediction, "run_step": run.step,
+    # The coefficient fit starts from DDIM and DPM-Solver++(2M), not from the base sampler: keep whichever of
+    # the two solvers is closer on the calibration noise, so the file is never worse than the fitted grid alone.
+    fitted_wins = fit.error <= grid_fit.error
+    solver = {"format": SOLVER_FORMAT, "version": 1,
+              "sampler": "fitted_multistep" if fitted_wins else args.base_sampler, "steps": args.steps,
+              "grid": grid_fit.grid.tolist(), "coefficients": fit.coefficients if fitted_wins else None,
+              "process": run.config["process"], "prediction": prediction, "run_step": run.step,
+              "ema": not args.raw_weights,
               "calibration": {"n": args.calibration, "seed": args.seed, "base_sampler": args.base_sampler,
                               "rms_error": {f"{args.base_sampler}, log-SNR grid": grid_fit.start_error,
                                             f"{args.base_sampler}, fitted grid": grid_fit.error,
                                             "fitted_multistep": fit.error}}}
     write_atomically(out, lambda handle: handle.write(json.dumps(solver, indent=1).encode()))
-    print(f"diffusionlab: wrote a {args.steps}-step fitted sampler to {out} (calibration RMS error to the exact "
+    print(f"diffusionlab: wrote a {args.steps}-step fitted sampler ({solver['sampler']}) to {out} (calibration RMS "
+          "error to the exact "
           f"ODE solution: {args.base_sampler} log-SNR grid {grid_fit.start_error:.4g}, fitted grid "
           f"{grid_fit.error:.4g}, fitted coefficients {fit.error:.4g}; {time.perf_counter() - t0:.0f} s). "
           f"Use it: diffusionlab sample {args.run_dir} --solver {out} ...")
@@ -231,18 +240,33 @@ def read_solver(path: str) -> dict:
     keys = ("sampler", "grid", "coefficients", "process", "prediction")
     if not isinstance(solver, dict) or solver.get("format") != SOLVER_FORMAT or any(k not in solver for k in keys):
         raise UserError(f"{path} is not a solver file written by diffusionlab fit-sampler")
+    grid, rows = solver["grid"], solver["coefficients"]
+
+    def numbers(v) -> bool:
+        return isinstance(v, list) and all(isinstance(a, (int, float)) and math.isfinite(a) for a in v)
+
+    if (solver["sampler"] not in DETERMINISTIC or not numbers(grid) or len(grid) < 2
+            or not (rows is None or (isinstance(rows, list) and all(numbers(r) for r in rows)))):
+        raise UserError(f"{path} has a malformed sampler, grid or coefficients; write it again with "
+                        "diffusionlab fit-sampler")
     return solver
 
 
-def solver_for_run(solver: dict, run, path: str, steps: int | None):
-    """The grid (tensor) and coefficients of ``solver``, after checking that it was fitted to a model like ``run``'s."""
+def solver_for_run(solver: dict, run, path: str, steps: int | None, ema: bool = True):
+    """The grid (tensor) and sampler options (the coefficients) of ``solver``, after checking that it was fitted to
+    a model like ``run``'s (a different step or weights only warns: the file may still do)."""
     if solver["process"] != run.config["process"] or solver["prediction"] != run.prediction:
         raise UserError(f"{path} was fitted to a {solver['process']} / {solver['prediction']} model, this run is "
                         f"{run.config['process']} / {run.prediction}: fit a sampler to this run with fit-sampler")
+    if solver.get("run_step") != run.step or solver.get("ema", True) != ema:
+        weights = lambda step, e: f"step {step}, {'EMA' if e else 'raw'} weights"  # noqa: E731
+        warnings.warn(f"{path} was fitted to the model at {weights(solver.get('run_step'), solver.get('ema', True))}, "
+                      f"this is {weights(run.step, ema)}: its grid and coefficients may no longer fit (refit with "
+                      "fit-sampler)", stacklevel=2)
     grid = torch.tensor(solver["grid"], dtype=torch.float64)
     if steps is not None and steps != len(grid):
         raise UserError(f"{path} is a {len(grid)}-step sampler; leave out --steps (got {steps})")
-    return grid, solver["coefficients"]
+    return grid, {"coefficients": solver["coefficients"]} if solver["coefficients"] is not None else {}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -71,6 +71,8 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
     """
     direction = 1.0 if t1 >= t0 else -1.0
     t, y = float(t0), y0
+    if abs(t1 - t) <= 1e-12 * max(1.0, abs(t1)):  # nothing to integrate (e.g. a one-point grid)
+        return ODESolution(y=y, nfe=0, steps=0, rejected=0)
     f = fun(t, y)
     nfe, steps, rejected = 1, 0, 0
     h = _initial_step(fun, t, y, f, direction, rtol, atol, abs(t1 - t))

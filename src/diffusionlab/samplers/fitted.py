@@ -16,8 +16,8 @@ t_{K−1}) and the exact probability-flow solution of the same calibration noise
 the best is kept, so on the calibration noise the fit is never worse than either on the same grid. The fitted solver keeps the
 sampler's cost — NFE = K, the same model calls on the same grid — and needs no change to the model.
 
-With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m`` (without its
-lower-order last step); the tests check that equivalence. Fit on calibration noise, evaluate on fresh
+With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m``; the tests check that
+equivalence. Fit on calibration noise, evaluate on fresh
 noise; the fitted numbers belong to one model, process, prediction and grid.
 """
 
@@ -162,10 +162,15 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
         start = torch.tensor(sum(multistep_coefficients(process, grid, order), []), dtype=x_T.dtype, device=x_T.device)
         start_error = rms(start)
         first = start_error if first is None else first
-        for candidate, iters in ((start, 0), fit_from(start)):
-            total_iterations += iters
-            error = rms(candidate)
-            if error < best_error:
-                best, best_error = candidate, error
+        if best is None or start_error < best_error:
+            best, best_error = start, start_error
+        fitted, iters = fit_from(start)
+        total_iterations += iters
+        error = rms(fitted)
+        if error < best_error:
+            best, best_error = fitted, error
+    if best is None or not math.isfinite(best_error):
+        raise UserError("fit_multistep: the sampler's output is not finite from any starting coefficients; the "
+                        "model may be under-trained or diverged")
     return FittedMultistep(grid=grid.clone(), coefficients=[r.tolist() for r in best.cpu().split(shape)],
                            error=best_error, start_error=first, iterations=int(total_iterations))

@@ -385,7 +385,7 @@ class _Trainer:
         prefix = f"rank{self.dist.rank}."
         state = {key[len(prefix):]: value for key, value in saved.items() if key.startswith(prefix)}
         if not state:
-            if self.dist.is_main:
+            if self.dist.is_main and self.loss_fn.state_dict():  # a stateless loss loses nothing
                 warnings.warn(f"the checkpoint in {self.run_dir} holds no state of the loss (written by an older "
                               "version?); the loss starts afresh, so the run will differ from an uninterrupted one",
                               stacklevel=5)
