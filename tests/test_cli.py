@@ -238,7 +238,8 @@ def test_fit_sampler_then_sample_with_the_solver(moons_run, tmp_path, capsys):
     assert not (tmp_path / "y.npy").exists()
     # fitted to other weights of the same run: it may still do, so a one-line warning, not an error
     (tmp_path / "older.json").write_text(json.dumps(dict(solver, run_step=solver["run_step"] - 1)))
-    with pytest.warns(UserWarning, match="step 1499, EMA weights, this is step 1500.*refit with fit-sampler"):
+    step = solver["run_step"]  # the run's step now: the file was just fitted to it
+    with pytest.warns(UserWarning, match=f"step {step - 1}, EMA weights, this is step {step},.*refit with fit-sampler"):
         code, _, _ = run_cli(capsys, "sample", moons_run / "run", "--n", 4, "--out", tmp_path / "y.npy", "--solver",
                              tmp_path / "older.json")
     assert code == 0
