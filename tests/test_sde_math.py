@@ -478,9 +478,10 @@ def test_corrector_only_langevin_keeps_the_gaussian_variance(snr):
     """Langevin steps alone with the exact score of p_t = N(0, v_t) (1-D, VP at t = 0.3) leave p_t invariant up to
     the step's O(ε) bias: with ε = 2 r² v_t (the batch-averaged ratio ‖z‖/‖s‖ → sqrt(v_t) in 1-D) the linear
     recursion V ← (1 − ε/v_t)² V + 2ε has the fixed point v_t/(1 − r²), r = snr (2.6 % above v_t at r = 0.16,
-    0.25 % at 0.05). Started from exact samples, the variance after K steps must be within 5 SE (v sqrt(2/n)) of
-    that fixed point, and the chain must have mixed: correlation with its start (1 − 2r²)^K < 0.05."""
-    process, v0, n = dl.VPSDE(), 0.5, 40_000
+    0.25 % at 0.05). Started from exact samples (at r = 0.16 n = 400,000, so 5 SE = 1.1 % resolves the 2.6 % bias
+    and a doubled step's 5.4 %; at r = 0.05, which needs ~900 steps to mix, n = 40,000), the variance after K steps
+    must be within 5 SE (v sqrt(2/n)) of that fixed point, and the chain must have mixed: correlation with its start (1 − 2r²)^K < 0.05."""
+    process, v0, n = dl.VPSDE(), 0.5, 400_000 if snr > 0.1 else 40_000
     t = tt(0.3)
     v_t = float(process.alpha(t) ** 2 * v0 + process.sigma(t) ** 2)
     denoiser = dl.Denoiser(_gaussian_eps_model(process, v0), process, "eps")
