@@ -121,3 +121,12 @@ def test_fit_of_a_model_with_non_finite_output_is_a_user_error():
     with pytest.raises(UserError, match="not finite"):
         dl.fit_multistep(broken, process, "logsnr", calibration[:16], steps=3, reference=calibration[:16],
                          rounds=1, max_iter=2)
+
+
+@pytest.mark.parametrize("grid", [[0.5, 0.9], [[0.9, 0.5]], [0.9, 0.9]], ids=["increasing", "2-d", "repeated"])
+def test_sample_refuses_a_grid_that_is_not_strictly_decreasing(grid):
+    process = dl.VPSDE()
+    model, _, fresh = _bed(process)
+    with pytest.raises(UserError, match="strictly decreasing"):
+        dl.sample(model, process, "ddim", x_T=fresh[:4], grid=torch.tensor(grid, dtype=F64))
+    assert dl.sample(model, process, "ddim", x_T=fresh[:4], grid=torch.tensor([0.9], dtype=F64)).shape == (4, 2)

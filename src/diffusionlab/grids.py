@@ -40,6 +40,14 @@ def _strictly_decreasing(idx: Tensor, top: int) -> Tensor:
     return idx
 
 
+def explicit_grid(grid, min_points: int = 1, who: str = "an explicit grid") -> Tensor:
+    """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing."""
+    grid = torch.as_tensor(grid, dtype=torch.float64)
+    if grid.ndim != 1 or len(grid) < min_points or (len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
+        raise UserError(f"{who} must be a 1-D tensor of at least {min_points} strictly decreasing times")
+    return grid
+
+
 def time_grid(process, steps: int, kind: str = "uniform", rho: float = 7.0) -> Tensor:
     """The K = ``steps`` sampling times of ``process`` from t_max down to t_min (see module docstring)."""
     if kind not in GRIDS:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from .._tensor import as_time
 from ..errors import UserError
-from ..grids import time_grid
+from ..grids import explicit_grid, time_grid
 from ..parametrization import Denoiser
 from .ancestral import ancestral, ddim
 from .dpm_solver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
@@ -98,9 +98,7 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     if isinstance(grid, str):
         grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
     else:
-        grid = torch.as_tensor(grid, dtype=torch.float64)
-        if grid.ndim != 1 or len(grid) < 1 or (len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
-            raise UserError("an explicit grid must be a 1-D tensor of strictly decreasing times")
+        grid = explicit_grid(grid)
     denoiser = Denoiser(model, process, prediction)
     if callback is not None:
         callback(0, grid[0], x_T)

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .._tensor import as_time
 from ..errors import UserError
+from ..grids import explicit_grid
 from ..parametrization import Denoiser
 from .dpm_solver import coefficients as _coefficients
 
@@ -113,9 +114,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
         if steps is None:
             raise UserError("fit_multistep with a grid kind needs steps=")
         grid = time_grid(process, steps, grid)
-    grid = torch.as_tensor(grid, dtype=torch.float64)
-    if grid.ndim != 1 or len(grid) < 2 or not bool((grid[1:] < grid[:-1]).all()):
-        raise UserError("fit_multistep needs a grid of at least 2 strictly decreasing times")
+    grid = explicit_grid(grid, 2, "fit_multistep's grid")
     if reference is None:
         reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
     denoiser = Denoiser(model, process, prediction)
