@@ -23,6 +23,7 @@ from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
 from .samplers import exact_solution, fit_multistep, get_sampler, optimize_grid
+from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
@@ -109,16 +110,25 @@ def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
 SAMPLER_OPTIONS = ("variance", "eta", "snr", "corrector_steps", "rtol", "atol")
 
 
+def given_options(args, names) -> dict:
+    """The options among ``names`` given on the command line (those not given are absent from ``args``)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+
+
+def flags(names) -> str:
+    """``corrector_steps`` → ``--corrector-steps``, comma-separated."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
 def sampler_options(args, sampler: str) -> dict:
     """The sampler options given on the command line (``--eta`` …), checked against what ``sampler`` takes."""
-    options = {name: getattr(args, name) for name in SAMPLER_OPTIONS if getattr(args, name, None) is not None}
+    options = given_options(args, SAMPLER_OPTIONS)
     accepted = [name for name, p in inspect.signature(get_sampler(sampler)).parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and name in SAMPLER_OPTIONS]
     unknown = [name for name in options if name not in accepted]
     if unknown:
-        flags = ", ".join("--" + name.replace("_", "-") for name in unknown)
-        takes = ", ".join("--" + name.replace("_", "-") for name in accepted) or "none of them"
-        raise UserError(f"{flags} does not apply to the {sampler} sampler (its options: {takes})")
+        raise UserError(f"{flags(unknown)} does not apply to the {sampler} sampler (its options: "
+                        f"{flags(accepted) or 'none of them'})")
     return options
 
 
@@ -197,8 +207,7 @@ def fit_sampler(args) -> int:
     out = checked_output_path(args.out, (".json",))
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     process, model, prediction = run.process, run.model, run.prediction
-    if process.discrete and args.steps > process.T:
-        raise UserError(f"--steps {args.steps} exceeds the {process.T} steps this DDPM was trained with")
+    time_grid(process, args.steps)  # a step count the process cannot take fails here, before the reference solve
     t0 = time.perf_counter()
     x_cal = process.prior_sample((args.calibration, *run.dataset.shape), torch.Generator().manual_seed(args.seed))
     # float32 networks: a tolerance far below the few-step errors this fit is about, well above round-off
@@ -289,10 +298,10 @@ ODE_OPTIONS = ("probe", "trace", "rtol", "atol")
 
 def ode_options(args) -> dict:
     """The ``eval --method ode`` options given on the command line; refused for the ELBO, which has no solver."""
-    options = {name: getattr(args, name) for name in ODE_OPTIONS if getattr(args, name, None) is not None}
+    options = given_options(args, ODE_OPTIONS)
     if options and (args.metric != "bpd" or args.method != "ode"):
-        flags = ", ".join("--" + name for name in options)
-        raise UserError(f"{flags}: options of --metric bpd --method ode only (the probability-flow likelihood)")
+        raise UserError(f"{flags(options)}: options of --metric bpd --method ode only (the probability-flow "
+                        "likelihood)")
     return options
 
 

@@ -12,13 +12,14 @@ estimates so far, m_j = x̂₀(x_j, t_j):
 and differ only in the numbers a_k, b_{kj}, which they derive from a polynomial model of x̂₀ in λ. Here the
 numbers are free: ``fit_multistep`` chooses them to minimise the RMS distance between the output x̂₀(x_{K−1},
 t_{K−1}) and the exact probability-flow solution of the same calibration noise (``ode_rk45``, as in
-``optimize_grid``), by L-BFGS with gradients through the model. They start from DDIM's and from DPM-Solver++(2M)'s numbers, and
-the best is kept, so on the calibration noise the fit is never worse than either on the same grid. The fitted solver keeps the
-sampler's cost — NFE = K, the same model calls on the same grid — and needs no change to the model.
+``optimize_grid``), by L-BFGS with gradients through the model. They start from DDIM's and from
+DPM-Solver++(2M)'s numbers, and the best is kept, so on the calibration noise the fit is never worse than
+either on the same grid. The fitted solver keeps the sampler's cost — NFE = K, the same model calls on the same
+grid — and needs no change to the model.
 
 With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m``; the tests check that
-equivalence. Fit on calibration noise, evaluate on fresh
-noise; the fitted numbers belong to one model, process, prediction and grid.
+equivalence. Fit on calibration noise, evaluate on fresh noise; the fitted numbers belong to one model,
+process, prediction and grid.
 """
 
 from __future__ import annotations

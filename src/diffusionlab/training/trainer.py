@@ -12,7 +12,8 @@ epoch, every rank's loss generator state, model, EMA and optimizer state, the lo
 logs, and every rank's state of a loss that keeps one (a ``loss_fn`` with ``state_dict()`` and
 ``load_state_dict()`` of tensors, such as the ELBO loss's history for importance sampling). Resuming therefore
 replays exactly the computation an uninterrupted run would have done: on the CPU with a fixed thread count,
-training N steps straight and training k, stopping and resuming to N give bitwise identical weights. (GPU kernels are not bitwise deterministic in general, so there it is only close.)
+training N steps straight and training k, stopping and resuming to N give bitwise identical weights. (GPU
+kernels are not bitwise deterministic in general, so there it is only close.)
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ def train(
     All its randomness must come from ``generator`` (a ``torch.Generator`` on the training device) or resuming
     is not exact; a loss that keeps state between calls must expose it as ``state_dict()`` / ``load_state_dict()``
     (tensors), which every checkpoint saves and a resume restores, per rank. Under torchrun ``model`` arrives
-    wrapped in DistributedDataParallel, so call it only through ``model(...)``. ``run_config`` (JSON) is stored verbatim in every checkpoint: it is what a later process needs
-    to rebuild the model. ``resume=True`` continues from the checkpoint in ``run_dir`` (which must exist);
+    wrapped in DistributedDataParallel, so call it only through ``model(...)``. ``run_config`` (JSON) is stored
+    verbatim in every checkpoint: it is what a later process needs to rebuild the model. ``resume=True`` continues from the checkpoint in ``run_dir`` (which must exist);
     ``resume=False`` refuses a ``run_dir`` that already holds one. ``on_checkpoint(step)`` is called on rank 0
     after each checkpoint is on disk. The data is moved to the training device once, so it must fit there.
     """
