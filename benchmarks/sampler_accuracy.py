@@ -57,6 +57,9 @@ from diffusionlab.evaluation.metrics import component_weight_tv, sliced_wasserst
 F64 = torch.float64
 HERE = Path(__file__).resolve().parent
 NFES_FULL = (5, 10, 20, 50, 100)
+# Evaluation points. At NFE 20 on aniso16d the RMS error of the good samplers is set by the ~0.2 % of draws whose
+# exact trajectory ends in another component than any short grid reaches: n = 20 000 holds ~40 of them.
+N_FULL = 20_000
 
 # (label, sampler name, grid kinds, deterministic, options). Heun-type samplers cost 2K − 1 NFE.
 DL_METHODS = [
@@ -186,7 +189,7 @@ def dist_metrics(mix, x, n_proj: int, seed: int, entropy: float) -> dict:
 
 
 # --- the benchmark --------------------------------------------------------------------------------------------
-def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", dl_methods=None,
+def main(n: int = N_FULL, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", dl_methods=None,
          diffusers_methods=None, beds=None, n_proj: int = 256, seed: int = 0, verbose: bool = True,
          fitted=FITTED, n_cal: int | None = None, multistep: bool = True, n_cal_multistep: int | None = None,
          multistep_fit: dict | None = None) -> dict:
@@ -231,7 +234,7 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
                 log(f"[{bed}] diffusionlab {label:10s} {grid:8s} " + _fmt_row(row, nfes))
         x_cal = process.prior_sample((n_cal, mix.dim), torch.Generator().manual_seed(seed + 99), dtype=F64)
         ref_cal = dl.sample(model, process, "ode_rk45", 2, x_T=x_cal, rtol=1e-8, atol=1e-8) if fitted else None
-        fitted_grids = {}
+        fitted_grids, grids_of = {}, {}  # best grid per NFE over the fitted samplers; every sampler's grids
         for name in fitted:
             row = {"library": "diffusionlab", "method": name, "variant": "fitted", "deterministic": True,
                    "runs": {}, "grids": {}}
@@ -246,15 +249,26 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
                 row["runs"][str(target)] = _entry(x, used, True, ref, mix, n_proj, seed, fl)
                 if fit.error < fitted_grids.get(target, (None, math.inf))[1]:
                     fitted_grids[target] = (fit.grid, fit.error)
+                grids_of.setdefault(name, {})[target] = (fit.grid, fit.error)
                 row["grids"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
                                              "calibration_error": fit.error, "start_error": fit.start_error,
                                              "runs": fit.runs, "seconds": time.perf_counter() - t0}
             rows.append(row)
             log(f"[{bed}] diffusionlab {name:10s} fitted   " + _fmt_row(row, nfes))
         if fitted and multistep:
-            rows.append(fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_proj, seed, fl,
-                                             n_cal_multistep or 4 * n_cal, multistep_fit or {}))
-            log(f"[{bed}] diffusionlab fitted_multistep  " + _fmt_row(rows[-1], nfes))
+            # On the best grid, from DDIM's, 2M's and 3M's coefficients; and, as a second row, on DPM-Solver++(3M)'s
+            # own fitted grid from 3M's coefficients, so that the fit starts from a sampler of its family on that
+            # sampler's grid (the best grid is often UniPC's, which the family does not contain).
+            variants = [("fitted grid + coefficients", fitted_grids, {})]
+            if "dpmpp_3m" in grids_of:
+                variants.append(("3M's fitted grid, from 3M", grids_of["dpmpp_3m"], {"starts": (3,)}))
+            x_ms = process.prior_sample((n_cal_multistep or 4 * n_cal, mix.dim),
+                                        torch.Generator().manual_seed(seed + 199), dtype=F64)
+            ref_ms = dl.exact_solution(model, process, x_ms, rtol=1e-8)
+            for variant, grids, extra in variants:
+                rows.append(fitted_multistep_row(model, process, grids, nfes, x_T, ref, mix, n_proj, seed, fl, x_ms,
+                                                 ref_ms, {**(multistep_fit or {}), **extra}, variant))
+                log(f"[{bed}] diffusionlab fitted_multistep {variant}  " + _fmt_row(rows[-1], nfes))
         for label, cls_name, variant, kwargs, det in diffusers_methods:
             row = {"library": "diffusers", "method": label, "variant": variant, "deterministic": det,
                    "scheduler": cls_name, "kwargs": kwargs, "runs": {}}
@@ -280,14 +294,15 @@ def main(n: int = 2000, nfes=NFES_FULL, out_dir: Path | str = HERE / "results", 
     return results
 
 
-def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_proj, seed, fl, n_cal, fit_options) -> dict:
-    """``dl.fit_multistep`` on the best fitted grid of each NFE (lowest calibration error among the ``fitted``
-    samplers), with its own calibration noise of ``n_cal`` draws (seed + 199, neither the evaluation nor the
-    grid's calibration noise); ``fit_options`` go to ``fit_multistep``."""
-    row = {"library": "diffusionlab", "method": "fitted_multistep", "variant": "fitted grid + coefficients",
+def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_proj, seed, fl, x_cal, ref_cal,
+                         fit_options, variant="fitted grid + coefficients") -> dict:
+    """``dl.fit_multistep`` on ``fitted_grids[nfe][0]`` (e.g. the best fitted grid of each NFE, lowest calibration
+    error among the ``fitted`` samplers), with its own calibration noise ``x_cal`` (seed + 199, neither the
+    evaluation nor the grid's calibration noise) and its exact solution ``ref_cal``; ``fit_options`` go to
+    ``fit_multistep``."""
+    row = {"library": "diffusionlab", "method": "fitted_multistep", "variant": variant,
            "deterministic": True, "runs": {}, "multistep": {}}
-    x_cal = process.prior_sample((n_cal, x_T.shape[1]), torch.Generator().manual_seed(seed + 199), dtype=F64)
-    ref_cal = dl.exact_solution(model, process, x_cal, rtol=1e-8)
+    n_cal = len(x_cal)
     for target in nfes:
         if target not in fitted_grids:
             continue
@@ -299,7 +314,8 @@ def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_pr
         row["multistep"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
                                          "coefficients": fit.coefficients, "calibration_error": fit.error,
                                          "start_error": fit.start_error, "iterations": fit.iterations,
-                                         "n_calibration": n_cal, "seconds": time.perf_counter() - t0}
+                                         "n_calibration": n_cal, "starts": list(fit_options.get("starts", (1, 2, 3))),
+                                         "seconds": time.perf_counter() - t0}
     return row
 
 
@@ -430,10 +446,11 @@ def render_markdown(results, nfes) -> str:
                                  f"{gi['calibration_error']:.3g}, {gi['runs']} sampler runs, {gi['seconds']:.0f} s)")
         for r in b["rows"]:
             if r.get("multistep"):
-                lines += ["", f"`dl.fit_multistep` on the best fitted grid of each NFE (its own calibration noise; RMS "
-                          "error on it: DDIM's coefficients → fitted):", ""]
+                lines += ["", f"`dl.fit_multistep`, row '{r['variant']}' (its own calibration noise; RMS error on it: "
+                          "the first start's coefficients → fitted; starts 1 = DDIM, 2 = 2M, 3 = 3M):", ""]
                 for t, m in r["multistep"].items():
-                    lines.append(f"- NFE {t}: grid {m['steps_i']}, {m['n_calibration']} draws ({m['start_error']:.3g} → "
+                    lines.append(f"- NFE {t}: grid {m['steps_i']}, {m['n_calibration']} draws, starts "
+                                 f"{m.get('starts', [1, 2])} ({m['start_error']:.3g} → "
                                  f"{m['calibration_error']:.3g}, {m['iterations']} L-BFGS iterations, {m['seconds']:.0f} s)")
         rm = b["reference_metrics"]
         lines += ["", f"Distribution metrics at NFE 10 and 20. MC floors at n = {cfg['n']}: SW2 "
@@ -515,10 +532,36 @@ def cli(argv=None) -> None:
     p.add_argument("--out", type=str, default=str(HERE / "results"))
     p.add_argument("--no-fit", action="store_true", help="skip the fitted rows (dl.optimize_grid, dl.fit_multistep)")
     p.add_argument("--no-multistep", action="store_true", help="skip the dl.fit_multistep rows")
+    p.add_argument("--beds", type=str, default=None, help="comma-separated beds (default: all)")
+    p.add_argument("--merge", nargs="+", metavar="JSON", default=None,
+                   help="combine the sampler_accuracy.json of runs on different beds (e.g. run in parallel) into --out")
     a = p.parse_args(argv)
-    n = a.n or (500 if a.quick else 2000)
+    if a.merge:
+        merge(a.merge, Path(a.out))
+        return
+    n = a.n or (500 if a.quick else N_FULL)
     nfes = tuple(int(v) for v in a.nfes.split(",")) if a.nfes else ((5, 10, 20) if a.quick else NFES_FULL)
-    main(n=n, nfes=nfes, out_dir=a.out, fitted=() if a.no_fit else FITTED, multistep=not a.no_multistep)
+    beds = a.beds.split(",") if a.beds else None
+    main(n=n, nfes=nfes, out_dir=a.out, fitted=() if a.no_fit else FITTED, multistep=not a.no_multistep, beds=beds)
+
+
+def merge(paths, out_dir: Path) -> dict:
+    """One result from runs on disjoint beds with the same configuration (the targets are recomputed)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    first = parts[0]
+    for other in parts[1:]:
+        if other["config"] != first["config"]:
+            raise SystemExit("sampler_accuracy --merge: the runs have different configurations; rerun them alike")
+        if set(other["beds"]) & set(first["beds"]):
+            raise SystemExit("sampler_accuracy --merge: two runs hold the same bed")
+    results = {**first, "beds": {bed: b for part in parts for bed, b in part["beds"].items()},
+               "runtime_s": max(part["runtime_s"] for part in parts),
+               "runtime_parts_s": [part["runtime_s"] for part in parts]}
+    nfes = tuple(first["config"]["nfes"])
+    results["targets"] = evaluate_targets(results, nfes)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_outputs(results, out_dir, nfes)
+    return results
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def test_sampler_accuracy_smoke(tmp_path):
     dl_methods = [m for m in bench.DL_METHODS if m[0] in ("unipc", "ancestral")]
     hf_methods = [m for m in bench.DIFFUSERS_METHODS if m[1] in ("UniPCMultistepScheduler", "DDPMScheduler")]
     res = bench.main(n=96, nfes=(5, 10), out_dir=tmp_path, dl_methods=dl_methods, diffusers_methods=hf_methods,
-                     beds=["ring2d"], n_proj=32, fitted=("unipc",), n_cal=96, n_cal_multistep=128,
+                     beds=["ring2d"], n_proj=32, fitted=("unipc", "dpmpp_3m"), n_cal=96, n_cal_multistep=128,
                      multistep_fit={"rounds": 1, "max_iter": 20}, verbose=False)
     for name in ("sampler_accuracy.json", "sampler_accuracy.md", "sampler_accuracy.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -42,11 +42,38 @@ def test_sampler_accuracy_smoke(tmp_path):
     for nfe in ("5", "10"):
         assert multi["runs"][nfe]["nfe"] == int(nfe)
         fit = multi["multistep"][nfe]
-        assert fit["steps_i"] == by[("diffusionlab", "unipc", "fitted")]["grids"][nfe]["steps_i"]  # the only fitted grid
+        grids = {name: by[("diffusionlab", name, "fitted")]["grids"][nfe] for name in ("unipc", "dpmpp_3m")}
+        best = min(grids.values(), key=lambda g: g["calibration_error"])
+        assert fit["steps_i"] == best["steps_i"] and fit["starts"] == [1, 2, 3]
         assert fit["calibration_error"] <= fit["start_error"]
+        # the second row: on 3M's own fitted grid, from 3M's coefficients, so never worse than 3M on calibration
+        own = by[("diffusionlab", "fitted_multistep", "3M's fitted grid, from 3M")]["multistep"][nfe]
+        assert own["steps_i"] == grids["dpmpp_3m"]["steps_i"] and own["starts"] == [3]
+        assert own["calibration_error"] <= own["start_error"]
     assert by[("diffusers", "DDPM", "default")]["runs"]["5"]["ode_error"] is None  # stochastic: no ODE error
     t = res["targets"]["ring2d"]["ode_error_nfe5"]
     best_theirs = min(r["runs"]["5"]["ode_error"] for r in rows
                       if r["library"] == "diffusers" and r["deterministic"])
     assert t["theirs"] == best_theirs and t["ratio"] == pytest.approx(t["ours"] / t["theirs"])
     assert "## Targets" in (tmp_path / "sampler_accuracy.md").read_text()
+
+
+def test_merge_combines_beds_and_recomputes_the_targets(tmp_path):
+    spec = importlib.util.spec_from_file_location("sampler_accuracy", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    dl_methods = [m for m in bench.DL_METHODS if m[0] == "dpmpp_2m"]
+    hf_methods = [m for m in bench.DIFFUSERS_METHODS if m[1] == "DDIMScheduler"]
+    common = dict(n=64, nfes=(5, 10), dl_methods=dl_methods, diffusers_methods=hf_methods, n_proj=16, fitted=(),
+                  verbose=False)
+    runs = [bench.main(out_dir=tmp_path / bed, beds=[bed], **common) for bed in ("ring2d", "aniso16d")]
+    merged = bench.merge([tmp_path / bed / "sampler_accuracy.json" for bed in ("ring2d", "aniso16d")], tmp_path / "all")
+    assert set(merged["beds"]) == {"ring2d", "aniso16d"}
+    for run in runs:
+        for bed, targets in run["targets"].items():
+            assert merged["targets"][bed] == targets
+    assert merged["runtime_s"] == max(r["runtime_s"] for r in runs)
+    text = (tmp_path / "all" / "sampler_accuracy.md").read_text()
+    assert "## ring2d" in text and "## aniso16d" in text
+    with pytest.raises(SystemExit, match="same bed"):
+        bench.merge([tmp_path / "ring2d" / "sampler_accuracy.json"] * 2, tmp_path / "bad")

@@ -245,6 +245,18 @@ def test_fit_sampler_then_sample_with_the_solver(moons_run, tmp_path, capsys):
     assert code == 0
 
 
+def test_fit_sampler_with_the_mean_objective_records_mean_errors(moons_run, tmp_path, capsys):
+    solver_file = tmp_path / "solver.json"
+    code, stdout, _ = run_cli(capsys, "fit-sampler", moons_run / "run", "--steps", 3, "--out", solver_file,
+                              "--calibration", 64, "--objective", "mean", "--base-sampler", "dpmpp_2m")
+    assert code == 0 and "calibration mean error" in stdout
+    calibration = json.loads(solver_file.read_text())["calibration"]
+    assert calibration["objective"] == "mean" and "rms_error" not in calibration
+    errors = calibration["mean_error"]
+    # the log-SNR start is a point of the grid search and the coefficient fit starts from 2M on the fitted grid
+    assert errors["fitted_multistep"] <= errors["dpmpp_2m, fitted grid"] <= errors["dpmpp_2m, log-SNR grid"]
+
+
 def test_console_script_prints_no_traceback(tmp_path):
     """The installed entry point, as a user runs it: one line on stderr, exit status 2."""
     proc = subprocess.run([sys.executable, "-m", "diffusionlab.cli", "train", "--data", "no_such_set",

@@ -1,5 +1,7 @@
 """fitted_multistep / fit_multistep: the linear multistep sampler with coefficients fitted to the model."""
 
+import math
+
 import pytest
 import torch
 
@@ -24,16 +26,52 @@ def _bed(process, dim=2):
 
 
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
-def test_default_coefficients_are_dpmpp_2m_and_order_1_is_ddim(process):
+def test_default_coefficients_are_dpmpp_2m_and_orders_1_and_3_are_ddim_and_3m(process):
     model, _, fresh = _bed(process)
-    for steps in (2, 3, 7):
+    # 7 points: the last step of 2M/3M is lowered (lower_order_final below 15 points); 16: it is not.
+    for steps in (2, 3, 7, 16):
         grid = dl.time_grid(process, steps, "logsnr")
         ours, nfe = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid, return_nfe=True)
         assert nfe == steps
         assert (ours - dl.sample(model, process, "dpmpp_2m", x_T=fresh, grid=grid)).abs().max() < 1e-10
-        ddim = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid,
-                         coefficients=multistep_coefficients(process, grid, order=1))
-        assert (ddim - dl.sample(model, process, "ddim", x_T=fresh, grid=grid)).abs().max() < 1e-10
+        for order, name in ((1, "ddim"), (3, "dpmpp_3m")):
+            rows = multistep_coefficients(process, grid, order=order)
+            assert [len(r) for r in rows] == list(range(2, steps + 1))
+            x = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid, coefficients=rows)
+            assert (x - dl.sample(model, process, name, x_T=fresh, grid=grid)).abs().max() < 1e-10, (order, steps)
+    with pytest.raises(UserError, match="order"):
+        multistep_coefficients(process, grid, order=4)
+
+
+def test_order_1_coefficients_are_the_ddim_formula():
+    """a_k = σ_{k+1}/σ_k, b_kk = −α_{k+1}(e^{−h} − 1), every other b zero (independent of dpmpp_update)."""
+    process = dl.DDPM(1000)
+    grid = dl.time_grid(process, 6, "quadratic")
+    a, s = process.alpha(grid), process.sigma(grid)
+    lam = torch.log(a / s)
+    for k, row in enumerate(multistep_coefficients(process, grid, order=1)):
+        h = float(lam[k + 1] - lam[k])
+        assert row[0] == pytest.approx(float(s[k + 1] / s[k]), rel=1e-12)
+        assert row[-1] == pytest.approx(-float(a[k + 1]) * math.expm1(-h), rel=1e-12)
+        assert all(b == 0.0 for b in row[1:-1])
+
+
+def test_mean_objective_is_the_mean_distance_and_unknown_objectives_are_user_errors():
+    process = dl.DDPM(1000)
+    model, calibration, _ = _bed(process)
+    x_cal = calibration[:128]
+    ref = dl.exact_solution(model, process, x_cal)
+    grid = dl.time_grid(process, 4, "logsnr")
+    fit = dl.fit_multistep(model, process, grid, x_cal, reference=ref, rounds=0, starts=(2,), objective="mean")
+    x = dl.sample(model, process, "dpmpp_2m", x_T=x_cal, grid=grid)
+    assert fit.error == pytest.approx(float((x - ref).norm(dim=1).mean()), rel=1e-9)
+    g = dl.optimize_grid(model, process, "ddim", 3, x_cal, reference=ref, objective="mean", sweeps=1, candidates=4)
+    xg = dl.sample(model, process, "ddim", x_T=x_cal, grid=g.grid)
+    assert g.error == pytest.approx(float((xg - ref).norm(dim=1).mean()), rel=1e-9)
+    for call in (lambda: dl.fit_multistep(model, process, grid, x_cal, reference=ref, objective="median"),
+                 lambda: dl.optimize_grid(model, process, "ddim", 3, x_cal, reference=ref, objective="l3")):
+        with pytest.raises(UserError, match="objective"):
+            call()
 
 
 @pytest.mark.parametrize("process", [dl.DDPM(1000), dl.VPSDE(), dl.VESDE()], ids=["ddpm", "vp", "ve"])
@@ -64,10 +102,11 @@ def test_fit_is_the_same_in_chunks_and_keeps_the_start_when_it_cannot_improve():
     assert whole.error == pytest.approx(chunked.error, rel=1e-6)
     for a, b in zip(whole.coefficients, chunked.coefficients):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-8)
-    # With no iterations the best is the best start: DPM-Solver++(2M) or DDIM, whichever is closer.
+    # With no iterations the best is the best start: DDIM, DPM-Solver++(2M) or (3M), whichever is closest.
     none = dl.fit_multistep(model, process, "logsnr", calibration[:128], steps=4, reference=ref, rounds=0)
     grid = dl.time_grid(process, 4, "logsnr")
-    errors = [rms_error(dl.sample(model, process, s, x_T=calibration[:128], grid=grid), ref) for s in ("ddim", "dpmpp_2m")]
+    errors = [rms_error(dl.sample(model, process, s, x_T=calibration[:128], grid=grid), ref)
+              for s in ("ddim", "dpmpp_2m", "dpmpp_3m")]
     assert none.error == pytest.approx(min(errors), rel=1e-9) and none.start_error == pytest.approx(errors[0], rel=1e-9)
 
 

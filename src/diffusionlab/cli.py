@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
     f.add_argument("--batch-size", type=_positive_int, help="calibration draws per gradient batch (memory)")
     f.add_argument("--raw-weights", action="store_true", help="fit to the raw weights instead of the EMA")
+    f.add_argument("--objective", choices=["rms", "mean"], default="rms",
+                   help="error to the exact ODE solution that both fits minimise: root mean squared or mean distance "
+                        "(less swayed by the rare draws whose exact trajectory changes mode)")
 
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
     e.add_argument("run_dir")

@@ -213,11 +213,12 @@ def fit_sampler(args) -> int:
     # float32 networks: a tolerance far below the few-step errors this fit is about, well above round-off
     reference = exact_solution(model, process, x_cal, prediction=prediction, rtol=1e-5)
     grid_fit = optimize_grid(model, process, args.base_sampler, args.steps, x_cal, prediction=prediction,
-                             reference=reference)
+                             reference=reference, objective=args.objective)
     fit = fit_multistep(model, process, grid_fit.grid, x_cal, prediction=prediction, reference=reference,
-                        batch_size=args.batch_size)
-    # The coefficient fit starts from DDIM and DPM-Solver++(2M), not from the base sampler: keep whichever of
-    # the two solvers is closer on the calibration noise, so the file is never worse than the fitted grid alone.
+                        batch_size=args.batch_size, objective=args.objective)
+    # The coefficient fit starts from DDIM's and DPM-Solver++(2M)'s and (3M)'s numbers, not from the base sampler
+    # (UniPC is not a member of the family): keep whichever of the two solvers is closer on the calibration noise,
+    # so the file is never worse than the fitted grid alone.
     fitted_wins = fit.error <= grid_fit.error
     solver = {"format": SOLVER_FORMAT, "version": 1,
               "sampler": "fitted_multistep" if fitted_wins else args.base_sampler, "steps": args.steps,
@@ -225,12 +226,13 @@ def fit_sampler(args) -> int:
               "process": run.config["process"], "prediction": prediction, "run_step": run.step,
               "ema": not args.raw_weights,
               "calibration": {"n": args.calibration, "seed": args.seed, "base_sampler": args.base_sampler,
-                              "rms_error": {f"{args.base_sampler}, log-SNR grid": grid_fit.start_error,
+                              "objective": args.objective,
+                              f"{args.objective}_error": {f"{args.base_sampler}, log-SNR grid": grid_fit.start_error,
                                             f"{args.base_sampler}, fitted grid": grid_fit.error,
                                             "fitted_multistep": fit.error}}}
     write_atomically(out, lambda handle: handle.write(json.dumps(solver, indent=1).encode()))
-    print(f"diffusionlab: wrote a {args.steps}-step fitted sampler ({solver['sampler']}) to {out} (calibration RMS "
-          "error to the exact "
+    print(f"diffusionlab: wrote a {args.steps}-step fitted sampler ({solver['sampler']}) to {out} (calibration "
+          f"{'RMS' if args.objective == 'rms' else 'mean'} error to the exact "
           f"ODE solution: {args.base_sampler} log-SNR grid {grid_fit.start_error:.4g}, fitted grid "
           f"{grid_fit.error:.4g}, fitted coefficients {fit.error:.4g}; {time.perf_counter() - t0:.0f} s). "
           f"Use it: diffusionlab sample {args.run_dir} --solver {out} ...")

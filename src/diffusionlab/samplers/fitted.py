@@ -13,8 +13,8 @@ and differ only in the numbers a_k, b_{kj}, which they derive from a polynomial 
 numbers are free: ``fit_multistep`` chooses them to minimise the RMS distance between the output x̂₀(x_{K−1},
 t_{K−1}) and the exact probability-flow solution of the same calibration noise (``ode_rk45``, as in
 ``optimize_grid``), by L-BFGS with gradients through the model. They start from DDIM's and from
-DPM-Solver++(2M)'s numbers, and the best is kept, so on the calibration noise the fit is never worse than
-either on the same grid. The fitted solver keeps the sampler's cost — NFE = K, the same model calls on the same
+DPM-Solver++(2M)'s and (3M)'s numbers, and the best is kept, so on the calibration noise the fit is never worse
+than any of them on the same grid. The fitted solver keeps the sampler's cost — NFE = K, the same model calls on the same
 grid — and needs no change to the model.
 
 With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m``; the tests check that
@@ -34,38 +34,36 @@ from .._tensor import as_time
 from ..errors import UserError
 from ..grids import explicit_grid
 from ..parametrization import Denoiser
-from .dpm_solver import coefficients as _coefficients
+from .dpm_solver import coefficients as _coefficients, dpmpp_update, step_order
 
 
 class FittedMultistep(NamedTuple):
     grid: Tensor                 # the K times, strictly decreasing, float64
     coefficients: list[list[float]]  # K − 1 rows [a_k, b_k0, …, b_kk]
-    error: float                 # RMS error on the calibration noise after the fit
+    error: float                 # the objective (RMS or mean error) on the calibration noise after the fit
     start_error: float           # the same for the first starting coefficients (DDIM's by default)
     iterations: int              # L-BFGS iterations spent
 
 
-def multistep_coefficients(process, grid, order: int = 2) -> list[list[float]]:
-    """DDIM's (``order`` 1) or DPM-Solver++(2M)'s (``order`` 2, first step order 1) update,
-    ``dpm_solver.dpmpp_update``, written as the rows [a_k, b_k0 … b_kk] of ``x_{k+1} = a_k x_k + Σ_j b_kj m_j``:
-    with h = λ_{k+1} − λ_k, φ = e^{−h} − 1, r = (λ_k − λ_{k−1})/h,
+def multistep_coefficients(process, grid, order: int = 2, lower_order_final: bool = True) -> list[list[float]]:
+    """The rows [a_k, b_k0 … b_kk] of ``x_{k+1} = a_k x_k + Σ_j b_kj m_j`` that DPM-Solver++ of ``order`` 1
+    (DDIM), 2 (2M) or 3 (3M) uses on ``grid``, warm-up and ``lower_order_final`` included.
 
-        a_k = σ_{k+1}/σ_k;   order 1: b_kk = −α_{k+1} φ;
-        order 2: b_kk = −α_{k+1} φ (1 + 1/(2r)),   b_{k,k−1} = α_{k+1} φ/(2r)."""
-    coef = [_coefficients(process, t) for t in grid]
-    rows = []
-    for k in range(len(grid) - 1):
-        (_, sig_t, lam_t), (a_s, sig_s, lam_s) = coef[k], coef[k + 1]
-        h = lam_s - lam_t
-        phi = math.expm1(-h)
-        b = [0.0] * (k + 1)
-        if k == 0 or order == 1:
-            b[k] = -a_s * phi
-        else:
-            r = (lam_t - coef[k - 1][2]) / h
-            b[k] = -a_s * phi * (1 + 0.5 / r)
-            b[k - 1] = a_s * phi * 0.5 / r
-        rows.append([sig_s / sig_t] + b)
+    They are read off the sampler's own update, ``dpm_solver.dpmpp_update``, which is linear in x_k and the m_j:
+    applied to unit vectors (x_k = e₀, m_j = e_{1+j}) it returns the row. So ``fitted_multistep`` with these
+    numbers *is* ``dpmpp`` of that order, with no second derivation of its formulas (order 1: a_k = σ_{k+1}/σ_k,
+    b_kk = −α_{k+1}(e^{−h} − 1), h = λ_{k+1} − λ_k)."""
+    if order not in (1, 2, 3):
+        raise UserError(f"multistep_coefficients: order must be 1, 2 or 3, got {order}")
+    steps = len(grid)
+    unit = torch.eye(steps, dtype=torch.float64)  # slot 0: x_k; slot 1 + j: m_j
+    rows, lams = [], []
+    for k in range(steps - 1):
+        t_coef, s_coef = _coefficients(process, grid[k]), _coefficients(process, grid[k + 1])
+        lams.append(t_coef[2])
+        p = step_order(order, k, steps, lower_order_final and steps < 15)
+        row = dpmpp_update(unit[0], list(unit[1:k + 2]), lams, t_coef, s_coef, p)
+        rows.append(row[:k + 2].tolist())
     return rows
 
 
@@ -98,19 +96,21 @@ def fitted_multistep(denoiser, process, x, grid, *, generator=None, callback=Non
 
 
 def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps", reference: Tensor | None = None,
-                  steps: int | None = None, starts=(1, 2), rounds: int = 5, max_iter: int = 100,
-                  batch_size: int | None = None, rtol: float = 1e-7) -> FittedMultistep:
+                  steps: int | None = None, starts=(1, 2, 3), rounds: int = 5, max_iter: int = 100,
+                  batch_size: int | None = None, rtol: float = 1e-7, objective: str = "rms") -> FittedMultistep:
     """Fit the coefficients of ``fitted_multistep`` on ``grid`` (a tensor of times, e.g. ``optimize_grid(...)
     .grid``, or a grid kind with ``steps``) to ``model`` on the calibration noise ``x_T`` (see the module
     docstring). The loss is not convex: L-BFGS runs from each of ``starts`` (orders of
-    ``multistep_coefficients``: 1 = DDIM, 2 = DPM-Solver++(2M)) for ``rounds`` rounds of ``max_iter``
+    ``multistep_coefficients``: 1 = DDIM, 2 = DPM-Solver++(2M), 3 = 3M) for ``rounds`` rounds of ``max_iter``
     iterations (a restart clears its curvature memory, which helps on this loss), and the best result on the
     calibration noise is kept. ``reference``: the exact output for ``x_T`` if already known. ``batch_size``
-    splits the calibration batch for the gradient (memory); the result is the same. Needs a model that is
+    splits the calibration batch for the gradient (memory); the result is the same. ``objective``: the error
+    minimised and reported, ``"rms"`` or ``"mean"`` distance (``tuning.sampling_error``). Needs a model that is
     differentiable in x."""
     from . import time_grid  # here to avoid an import cycle
-    from .tuning import exact_solution
+    from .tuning import check_objective, exact_solution
 
+    check_objective(objective)
     if isinstance(grid, str):
         if steps is None:
             raise UserError("fit_multistep with a grid kind needs steps=")
@@ -124,13 +124,16 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     n = batch_size or len(x_T)
     chunks = list(zip(x_T.split(n), reference.split(n)))
 
-    def squared_error(flat, x, ref):
-        out = _run(denoiser, x, grid, flat.split(shape))
-        return ((denoiser(out, t_end.expand(len(out))).x0 - ref) ** 2).sum()
+    def summed_loss(flat, x, ref):
+        """Σ_i d_i² ("rms") or Σ_i d_i ("mean") over a chunk, d_i the distance to the exact output."""
+        out = denoiser(_run(denoiser, x, grid, flat.split(shape)), t_end.expand(len(x))).x0
+        d2 = ((out - ref).reshape(len(x), -1) ** 2).sum(1)
+        return d2.sum() if objective == "rms" else d2.sqrt().sum()
 
-    def rms(flat) -> float:
+    def error_of(flat) -> float:
         with torch.no_grad():
-            e = math.sqrt(sum(float(squared_error(flat, x, ref)) for x, ref in chunks) / len(x_T))
+            e = sum(float(summed_loss(flat, x, ref)) for x, ref in chunks) / len(x_T)
+        e = math.sqrt(e) if objective == "rms" else e
         return e if math.isfinite(e) else math.inf
 
     @torch.enable_grad()
@@ -141,7 +144,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
             total = 0.0
             grad = torch.zeros_like(params)
             for x, ref in chunks:
-                loss = squared_error(params, x, ref) / len(x_T)
+                loss = summed_loss(params, x, ref) / len(x_T)
                 # the gradient for the coefficients only: nothing accumulates in a network's own parameters
                 grad += torch.autograd.grad(loss, params)[0]
                 total += loss.item()
@@ -160,13 +163,13 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     best, best_error, total_iterations = None, math.inf, 0
     for order in starts:
         start = torch.tensor(sum(multistep_coefficients(process, grid, order), []), dtype=x_T.dtype, device=x_T.device)
-        start_error = rms(start)
+        start_error = error_of(start)
         first = start_error if first is None else first
         if best is None or start_error < best_error:
             best, best_error = start, start_error
         fitted, iters = fit_from(start)
         total_iterations += iters
-        error = rms(fitted)
+        error = error_of(fitted)
         if error < best_error:
             best, best_error = fitted, error
     if best is None or not math.isfinite(best_error):
