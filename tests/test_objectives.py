@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import diffusionlab as dl
-from diffusionlab.objectives import (DenoisingLoss, ELBOLoss, eps_space_weight, explicit_score_matching, negative_elbo,
-                                    sample_times)
+from diffusionlab.objectives import (DenoisingLoss, ELBOLoss, decoder_nll, diffusion_kl, eps_space_weight,
+                                    explicit_score_matching, negative_elbo, prior_kl, sample_times)
 from diffusionlab.parametrization import Denoiser, from_x0_eps, to_x0_eps
 
 PROCESSES = [dl.DDPM(T=50), dl.VPSDE(), dl.SubVPSDE(), dl.VESDE()]
@@ -123,11 +123,28 @@ def test_elbo_loss_gradients_are_finite_when_the_decoder_term_is_drawn(dtype):
     model = lambda x, t: net(torch.cat([x, t[:, None].to(x.dtype)], 1))  # noqa: E731
     x0 = torch.randn(200, 2, dtype=dtype, generator=torch.Generator().manual_seed(8))
     loss_fn = ELBOLoss(process, "eps")
-    loss = loss_fn(model, x0, torch.Generator().manual_seed(9))
+    calls = []
+    counted = lambda x, t: calls.append(len(x)) or model(x, t)  # noqa: E731
+    loss = loss_fn(counted, x0, torch.Generator().manual_seed(9))
     assert int(loss_fn._count[0]) > 0 and int(loss_fn._count[1:].sum()) > 0  # both kinds of term were drawn
+    assert calls == [200]  # one model call on the whole batch (DDP sees one forward per step)
     loss.mean().backward()
     assert torch.isfinite(loss).all() and loss.dtype == dtype
     assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    # the same loss as calling the model on each part: the decoder for i = 1, a KL otherwise (uniform i at first)
+    u = torch.rand(200, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    i = torch.searchsorted(torch.cumsum(torch.full((10,), 0.1, dtype=torch.float64), 0), u).clamp(max=9) + 1
+    t = (i.double() / 10).to(dtype)
+    g = torch.Generator().manual_seed(9)
+    torch.rand(200, generator=g, dtype=torch.float64)  # the draw of i, then the noise, as the loss does
+    x_t = process.marginal(x0, t, torch.randn(x0.shape, generator=g, dtype=dtype))
+    den = Denoiser(model, process, "eps")
+    first = i == 1
+    term = torch.zeros(200, dtype=dtype)
+    term[first] = decoder_nll(den, x0[first], x_t[first], t[first])
+    term[~first] = diffusion_kl(den, x0[~first], x_t[~first], t[~first] - 0.1, t[~first])
+    expected = (prior_kl(process, x0) + 10 * term) / 2
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
 
 
 @pytest.mark.parametrize("t", [0.05, 0.3, 0.8])

@@ -90,7 +90,8 @@ def reverse_variance(process, s: Tensor, t: Tensor, variance: str) -> Tensor:
     raise UserError(f"unknown variance {variance!r}: choose one of {', '.join(VARIANCES)}")
 
 
-def reverse_mean_var(denoiser: Denoiser, x_t: Tensor, s, t, variance: str = "small") -> tuple[Tensor, Tensor]:
+def reverse_mean_var(denoiser: Denoiser, x_t: Tensor, s, t, variance: str = "small",
+                     x0_hat: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Mean and variance of the reverse step p_θ(x_s | x_t) = N(μ_θ(x_t, t), Σ I), s < t (lecture §2):
 
         μ_θ(x_t, t) = μ̃(x_t, x̂₀(x_t, t)) = c_x0 x̂₀ + c_xt x_t,   Σ = σ̃² (``small``) or σ²_{t|s} (``large``),
@@ -98,9 +99,11 @@ def reverse_mean_var(denoiser: Denoiser, x_t: Tensor, s, t, variance: str = "sma
     the posterior mean of q(x_s | x_t, x₀) with the model's x̂₀ in place of x₀. On DDPM's full grid (s = t − 1/T)
     and an ε-model this is Ho et al.'s eq. 11, μ_θ = (x_t − β_t/sqrt(1 − ᾱ_t) ε_θ)/sqrt(α_t), with Σ = β̃_t or β_t.
     The variance has shape (n,) (or is 0-d); ancestral sampling draws from this, the ELBO's KL terms compare to it.
+    ``x0_hat``: the denoiser's x̂₀(x_t, t) if already computed (then the model is not called).
     """
     process = denoiser.process
-    mean, posterior_var = process.posterior(x_t, denoiser(x_t, t).x0, s, t)
+    x0_hat = denoiser(x_t, t).x0 if x0_hat is None else x0_hat
+    mean, posterior_var = process.posterior(x_t, x0_hat, s, t)
     # σ̃² comes with the posterior; computing it again would double the cost of each ancestral step
     return mean, posterior_var if variance == "small" else reverse_variance(process, s, t, variance)
 
@@ -111,27 +114,30 @@ def reverse_log_prob(denoiser: Denoiser, x_s: Tensor, x_t: Tensor, s, t, varianc
     return sum_except_batch(gaussian_log_prob(x_s, mean, bcast(var, x_s)))
 
 
-def diffusion_kl(denoiser: Denoiser, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor, variance: str = "small") -> Tensor:
+def diffusion_kl(denoiser: Denoiser, x0: Tensor, x_t: Tensor, s: Tensor, t: Tensor, variance: str = "small",
+                 x0_hat: Tensor | None = None) -> Tensor:
     """KL(q(x_s | x_t, x₀) ‖ p_θ(x_s | x_t)) summed over dimensions (Ho et al. eq. 5, the L_{t−1} terms).
 
     p_θ(x_s | x_t) = N(μ_θ, Σ) of ``reverse_mean_var``. s, t are (n,) tensors (per-example times allowed).
     For an ε-model and Σ = σ̃² the KL is Ho et al.'s eq. 12, β_t²/(2 Σ α_t (1 − ᾱ_t)) ‖ε − ε_θ(x_t, t)‖² on DDPM's
-    grid: "the KL becomes ‖ε − ε_θ‖² up to weights" (lecture §3; tested).
+    grid: "the KL becomes ‖ε − ε_θ‖² up to weights" (lecture §3; tested). ``x0_hat`` as in ``reverse_mean_var``.
     """
     q_mean, q_var = denoiser.process.posterior(x_t, x0, s, t)
-    p_mean, p_var = reverse_mean_var(denoiser, x_t, s, t, variance)
+    p_mean, p_var = reverse_mean_var(denoiser, x_t, s, t, variance, x0_hat)
     return sum_except_batch(gaussian_kl(q_mean, bcast(q_var, x0), p_mean, bcast(p_var, x0)))
 
 
-def decoder_nll(denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, levels: int | None = None) -> Tensor:
+def decoder_nll(denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, levels: int | None = None,
+                x0_hat: Tensor | None = None) -> Tensor:
     """−log p_θ(x₀ | x_{t_min}) summed over dimensions (the ELBO's L_0).
 
     p_θ(x₀ | x_t) = N(x̂₀(x_t, t), σ²_{t|0}); for DDPM's first step σ²_{t|0} = β_1 (Ho et al. §3.3).
     Integer data (``levels``) use the discretised decoder (a probability); otherwise a density.
+    ``x0_hat`` as in ``reverse_mean_var``.
     """
     process = denoiser.process
     var = bcast(process.transition(torch.zeros_like(t), t)[1], x0)
-    mean = denoiser(x_t, t).x0
+    mean = denoiser(x_t, t).x0 if x0_hat is None else x0_hat
     if levels is None:
         return -sum_except_batch(gaussian_log_prob(x0, mean, var))
     return -sum_except_batch(discretized_gaussian_log_prob(x0, mean, var, levels))
@@ -414,15 +420,18 @@ class ELBOLoss:
         t = (i.double() / T).to(x0.device)
         denoiser = Denoiser(model, process, self.prediction)
         x_t = process.marginal(x0, t, randn_like(x0, generator))
+        # One model call for the whole batch (a DDP step, or a network with batch statistics, sees one forward).
+        x0_hat = denoiser(x_t, t).x0
         # Each example gets its own term only: L_0 (the decoder) for i = 1, L_{i−1} (a KL) otherwise. The KL at
         # i = 1 (s = 0, σ̃² = 0) is infinite, and torch.where would send its NaN gradient through the masked branch.
         first = (i == 1).to(x0.device)
         term = torch.zeros(n, dtype=x0.dtype, device=x0.device)
         if bool(first.any()):
-            term[first] = decoder_nll(denoiser, x0[first], x_t[first], t[first], self.levels)
+            term[first] = decoder_nll(denoiser, x0[first], x_t[first], t[first], self.levels, x0_hat[first])
         if bool((~first).any()):
             rest = ~first
-            term[rest] = diffusion_kl(denoiser, x0[rest], x_t[rest], t[rest] - 1.0 / T, t[rest], self.variance)
+            term[rest] = diffusion_kl(denoiser, x0[rest], x_t[rest], t[rest] - 1.0 / T, t[rest], self.variance,
+                                      x0_hat[rest])
         self._record(i, term)
         weight = (1.0 / (T * probs[i - 1])).to(device=x0.device, dtype=x0.dtype)
         d = x0[0].numel()
