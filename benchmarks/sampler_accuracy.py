@@ -197,12 +197,15 @@ def main(n: int = N_FULL, nfes=NFES_FULL, out_dir: Path | str = HERE / "results"
     torch.set_num_threads(1)  # tiny tensor ops: one thread is ~30x faster than two fighting over 2 cores
     torch.manual_seed(seed)
     n_cal = min(n, 1000) if n_cal is None else n_cal
+    all_beds = make_beds(seed)
+    beds = list(all_beds) if beds is None else list(beds)
+    unknown = sorted(set(beds) - set(all_beds))
+    if unknown:
+        raise SystemExit(f"sampler_accuracy: unknown bed(s) {', '.join(unknown)}; the beds are {', '.join(all_beds)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dl_methods = DL_METHODS if dl_methods is None else dl_methods
     diffusers_methods = DIFFUSERS_METHODS if diffusers_methods is None else diffusers_methods
-    all_beds = make_beds(seed)
-    beds = list(all_beds) if beds is None else list(beds)
     process = dl.DDPM(T=1000, schedule="linear")
     log = print if verbose else (lambda *a, **k: None)
     results = {"config": {"n": n, "nfes": list(nfes), "n_projections": n_proj, "seed": seed,
@@ -259,7 +262,7 @@ def main(n: int = N_FULL, nfes=NFES_FULL, out_dir: Path | str = HERE / "results"
             # On the best grid, from DDIM's, 2M's and 3M's coefficients; and, as a second row, on DPM-Solver++(3M)'s
             # own fitted grid from 3M's coefficients, so that the fit starts from a sampler of its family on that
             # sampler's grid (the best grid is often UniPC's, which the family does not contain).
-            variants = [("fitted grid + coefficients", fitted_grids, {})]
+            variants = [("fitted grid + coefficients", fitted_grids, {"starts": (1, 2, 3)})]
             if "dpmpp_3m" in grids_of:
                 variants.append(("3M's fitted grid, from 3M", grids_of["dpmpp_3m"], {"starts": (3,)}))
             x_ms = process.prior_sample((n_cal_multistep or 4 * n_cal, mix.dim),
@@ -314,7 +317,7 @@ def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_pr
         row["multistep"][str(target)] = {"steps_i": [round(float(v) * process.T) for v in fit.grid],
                                          "coefficients": fit.coefficients, "calibration_error": fit.error,
                                          "start_error": fit.start_error, "iterations": fit.iterations,
-                                         "n_calibration": n_cal, "starts": list(fit_options.get("starts", (1, 2, 3))),
+                                         "n_calibration": n_cal, "starts": list(fit_options["starts"]),
                                          "seconds": time.perf_counter() - t0}
     return row
 
@@ -549,11 +552,13 @@ def merge(paths, out_dir: Path) -> dict:
     """One result from runs on disjoint beds with the same configuration (the targets are recomputed)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     first = parts[0]
-    for other in parts[1:]:
-        if other["config"] != first["config"]:
+    seen = set()
+    for part in parts:
+        if part["config"] != first["config"]:
             raise SystemExit("sampler_accuracy --merge: the runs have different configurations; rerun them alike")
-        if set(other["beds"]) & set(first["beds"]):
+        if set(part["beds"]) & seen:
             raise SystemExit("sampler_accuracy --merge: two runs hold the same bed")
+        seen |= set(part["beds"])
     results = {**first, "beds": {bed: b for part in parts for bed, b in part["beds"].items()},
                "runtime_s": max(part["runtime_s"] for part in parts),
                "runtime_parts_s": [part["runtime_s"] for part in parts]}

@@ -28,8 +28,8 @@ def _bed(process, dim=2):
 @pytest.mark.parametrize("process", PROCESSES, ids=IDS)
 def test_default_coefficients_are_dpmpp_2m_and_orders_1_and_3_are_ddim_and_3m(process):
     model, _, fresh = _bed(process)
-    # 7 points: the last step of 2M/3M is lowered (lower_order_final below 15 points); 16: it is not.
-    for steps in (2, 3, 7, 16):
+    # the last step of 2M/3M is lowered (lower_order_final) below 15 points only: 7 and 14 lowered, 15 and 16 not
+    for steps in (2, 3, 7, 14, 15, 16):
         grid = dl.time_grid(process, steps, "logsnr")
         ours, nfe = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid, return_nfe=True)
         assert nfe == steps
@@ -39,6 +39,12 @@ def test_default_coefficients_are_dpmpp_2m_and_orders_1_and_3_are_ddim_and_3m(pr
             assert [len(r) for r in rows] == list(range(2, steps + 1))
             x = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid, coefficients=rows)
             assert (x - dl.sample(model, process, name, x_T=fresh, grid=grid)).abs().max() < 1e-10, (order, steps)
+        grid = dl.time_grid(process, steps, "quadratic")
+        for order in (2, 3):  # and without lowering the last step
+            rows = multistep_coefficients(process, grid, order=order, lower_order_final=False)
+            x = dl.sample(model, process, "fitted_multistep", x_T=fresh, grid=grid, coefficients=rows)
+            y = dl.sample(model, process, f"dpmpp_{order}m", x_T=fresh, grid=grid, lower_order_final=False)
+            assert (x - y).abs().max() < 1e-10, (order, steps)
     with pytest.raises(UserError, match="order"):
         multistep_coefficients(process, grid, order=4)
 
@@ -68,6 +74,10 @@ def test_mean_objective_is_the_mean_distance_and_unknown_objectives_are_user_err
     g = dl.optimize_grid(model, process, "ddim", 3, x_cal, reference=ref, objective="mean", sweeps=1, candidates=4)
     xg = dl.sample(model, process, "ddim", x_T=x_cal, grid=g.grid)
     assert g.error == pytest.approx(float((xg - ref).norm(dim=1).mean()), rel=1e-9)
+    for call, match in ((lambda: dl.fit_multistep(model, process, grid, x_cal, reference=ref, starts=(4,)), "starts"),
+                        (lambda: dl.fit_multistep(model, process, grid, x_cal, reference=ref, starts=()), "starts")):
+        with pytest.raises(UserError, match=match):
+            call()
     for call in (lambda: dl.fit_multistep(model, process, grid, x_cal, reference=ref, objective="median"),
                  lambda: dl.optimize_grid(model, process, "ddim", 3, x_cal, reference=ref, objective="l3")):
         with pytest.raises(UserError, match="objective"):

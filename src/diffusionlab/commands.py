@@ -217,8 +217,8 @@ def fit_sampler(args) -> int:
     fit = fit_multistep(model, process, grid_fit.grid, x_cal, prediction=prediction, reference=reference,
                         batch_size=args.batch_size, objective=args.objective)
     # The coefficient fit starts from DDIM's and DPM-Solver++(2M)'s and (3M)'s numbers, not from the base sampler
-    # (UniPC is not a member of the family): keep whichever of the two solvers is closer on the calibration noise,
-    # so the file is never worse than the fitted grid alone.
+    # (UniPC's corrector is not of the fitted form): keep whichever is closer on the calibration noise, the base
+    # sampler on the fitted grid or the fitted coefficients, so the file is never worse than the fitted grid alone.
     fitted_wins = fit.error <= grid_fit.error
     solver = {"format": SOLVER_FORMAT, "version": 1,
               "sampler": "fitted_multistep" if fitted_wins else args.base_sampler, "steps": args.steps,

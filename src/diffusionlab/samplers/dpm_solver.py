@@ -45,6 +45,12 @@ def step_order(order: int, k: int, steps: int, lower_order_final: bool) -> int:
     return min(p, steps - k) if lower_order_final else p
 
 
+def dpmpp_step_order(order: int, k: int, steps: int, lower_order_final: bool) -> int:
+    """``step_order`` with DPM-Solver++'s rule (diffusers' ``DPMSolverMultistepScheduler``): the final step is
+    lowered only on grids of fewer than 15 points."""
+    return step_order(order, k, steps, lower_order_final and steps < 15)
+
+
 def dpmpp_update(x, x0s, lams, t_coef, s_coef, order: int):
     """One DPM-Solver++ step from t to s of the given order; ``x0s``/``lams`` the latest evaluations, newest last.
 
@@ -57,6 +63,8 @@ def dpmpp_update(x, x0s, lams, t_coef, s_coef, order: int):
             D₁₀ = (m₀ − m₁)/r₀, D₁₁ = (m₁ − m₂)/r₁, D₁ = D₁₀ + r₀/(r₀ + r₁)(D₁₀ − D₁₁), D₂ = (D₁₀ − D₁₁)/(r₀ + r₁):
             x_s = (σ_s/σ_t) x_t − α_s (e^{−h} − 1) m₀ + α_s ((e^{−h} − 1)/h + 1) D₁
                   − α_s ((e^{−h} − 1 + h)/h² − ½) D₂
+        (as in the authors' code and diffusers; with D₂ ≈ ½h² x̂₀'' its last coefficient weights the quadratic term
+        of x̂₀(λ) by half, so 3M is exact for an x̂₀ linear in λ but not for a quadratic one).
     """
     (_, sig_t, lam_t), (a_s, sig_s, lam_s) = t_coef, s_coef
     h = lam_s - lam_t
@@ -101,7 +109,7 @@ def _multistep(denoiser, process, x, grid, callback, order, lower_order_final, g
         x0s.append(denoiser(x, t).x0)
         lams.append(t_coef[2])
         del x0s[:-order], lams[:-order]
-        p = step_order(order, k, steps, lower_order_final and steps < 15)
+        p = dpmpp_step_order(order, k, steps, lower_order_final)
         if sde:
             x = dpmpp_sde_update(x, x0s, lams, t_coef, s_coef, p, randn_like(x, generator))
         else:

@@ -10,12 +10,12 @@ estimates so far, m_j = x̂₀(x_j, t_j):
     x_{k+1} = a_k x_k + Σ_{j ≤ k} b_{kj} m_j,      k = 0 … K−2,
 
 and differ only in the numbers a_k, b_{kj}, which they derive from a polynomial model of x̂₀ in λ. Here the
-numbers are free: ``fit_multistep`` chooses them to minimise the RMS distance between the output x̂₀(x_{K−1},
-t_{K−1}) and the exact probability-flow solution of the same calibration noise (``ode_rk45``, as in
-``optimize_grid``), by L-BFGS with gradients through the model. They start from DDIM's and from
-DPM-Solver++(2M)'s and (3M)'s numbers, and the best is kept, so on the calibration noise the fit is never worse
-than any of them on the same grid. The fitted solver keeps the sampler's cost — NFE = K, the same model calls on the same
-grid — and needs no change to the model.
+numbers are free: ``fit_multistep`` chooses them to minimise the RMS (or, with ``objective="mean"``, the mean)
+distance between the output x̂₀(x_{K−1}, t_{K−1}) and the exact probability-flow solution of the same
+calibration noise (``ode_rk45``, as in ``optimize_grid``), by L-BFGS with gradients through the model. They
+start from DDIM's, DPM-Solver++(2M)'s and (3M)'s numbers, and the best is kept, so on the calibration noise the
+fit is never worse than any of them on the same grid. The fitted solver keeps the sampler's cost — NFE = K, the
+same model calls on the same grid — and needs no change to the model.
 
 With no ``coefficients``, ``fitted_multistep`` uses 2M's, i.e. it *is* ``dpmpp_2m``; the tests check that
 equivalence. Fit on calibration noise, evaluate on fresh noise; the fitted numbers belong to one model,
@@ -34,7 +34,7 @@ from .._tensor import as_time
 from ..errors import UserError
 from ..grids import explicit_grid
 from ..parametrization import Denoiser
-from .dpm_solver import coefficients as _coefficients, dpmpp_update, step_order
+from .dpm_solver import coefficients as _coefficients, dpmpp_step_order, dpmpp_update
 
 
 class FittedMultistep(NamedTuple):
@@ -61,7 +61,7 @@ def multistep_coefficients(process, grid, order: int = 2, lower_order_final: boo
     for k in range(steps - 1):
         t_coef, s_coef = _coefficients(process, grid[k]), _coefficients(process, grid[k + 1])
         lams.append(t_coef[2])
-        p = step_order(order, k, steps, lower_order_final and steps < 15)
+        p = dpmpp_step_order(order, k, steps, lower_order_final)
         row = dpmpp_update(unit[0], list(unit[1:k + 2]), lams, t_coef, s_coef, p)
         rows.append(row[:k + 2].tolist())
     return rows
@@ -108,9 +108,13 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     minimised and reported, ``"rms"`` or ``"mean"`` distance (``tuning.sampling_error``). Needs a model that is
     differentiable in x."""
     from . import time_grid  # here to avoid an import cycle
-    from .tuning import check_objective, exact_solution
+    from .tuning import check_objective, distances, exact_solution, squared_distances
 
     check_objective(objective)
+    starts = tuple(starts)
+    if not starts or any(order not in (1, 2, 3) for order in starts):
+        raise UserError(f"fit_multistep: starts must be a non-empty list of orders 1, 2 or 3 (1 = DDIM, 2 = "
+                        f"DPM-Solver++(2M), 3 = 3M), got {list(starts)}")
     if isinstance(grid, str):
         if steps is None:
             raise UserError("fit_multistep with a grid kind needs steps=")
@@ -127,8 +131,8 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     def summed_loss(flat, x, ref):
         """Σ_i d_i² ("rms") or Σ_i d_i ("mean") over a chunk, d_i the distance to the exact output."""
         out = denoiser(_run(denoiser, x, grid, flat.split(shape)), t_end.expand(len(x))).x0
-        d2 = ((out - ref).reshape(len(x), -1) ** 2).sum(1)
-        return d2.sum() if objective == "rms" else d2.sqrt().sum()
+        d2 = squared_distances(out, ref)
+        return d2.sum() if objective == "rms" else distances(d2).sum()
 
     def error_of(flat) -> float:
         with torch.no_grad():

@@ -60,11 +60,21 @@ def check_objective(objective: str) -> str:
     return objective
 
 
+def squared_distances(x: Tensor, ref: Tensor) -> Tensor:
+    """d_i² = |x_i − x_i^ref|² per sample (Euclidean over all but the first dimension), shape (n,)."""
+    return ((x - ref).reshape(len(x), -1) ** 2).sum(1)
+
+
+def distances(d2: Tensor) -> Tensor:
+    """d_i from d_i², with a finite gradient where d_i = 0."""
+    return d2.clamp_min(torch.finfo(d2.dtype).tiny).sqrt()
+
+
 def sampling_error(x: Tensor, ref: Tensor, objective: str = "rms") -> Tensor:
     """The distance of a sampler's outputs x to the exact ones, d_i = |x_i − x_i^ref| (Euclidean, per sample):
     ``"rms"`` sqrt(mean_i d_i²); ``"mean"`` mean_i d_i. A tensor, differentiable in x."""
-    d2 = ((x - ref).reshape(len(x), -1) ** 2).sum(1)
-    return d2.mean().sqrt() if check_objective(objective) == "rms" else d2.sqrt().mean()
+    d2 = squared_distances(x, ref)
+    return d2.mean().sqrt() if check_objective(objective) == "rms" else distances(d2).mean()
 
 
 def rms_error(x: Tensor, ref: Tensor) -> float:
