@@ -53,6 +53,13 @@ def test_sampler_accuracy_smoke(tmp_path):
     best_theirs = min(r["runs"]["5"]["ode_error"] for r in rows
                       if r["library"] == "diffusers" and r["deterministic"])
     assert t["theirs"] == best_theirs and t["ratio"] == pytest.approx(t["ours"] / t["theirs"])
+    # the floor limits: the floor's mean or the exact solution's own score (same x_T), whichever is higher, + 2 std
+    floor, fl, rm = res["targets"]["ring2d"]["floor_nfe10"], saved["beds"]["ring2d"]["floors"], \
+        saved["beds"]["ring2d"]["reference_metrics"]
+    for key in ("sw", "tv"):
+        limit = max(fl[f"{key}_floor_mean"], rm[key]) + 2 * fl[f"{key}_floor_std"]
+        assert floor[f"{key}_limit"] == pytest.approx(limit) and floor[f"reference_{key}"] == rm[key]
+    assert floor["holds"] == (floor["sw"] <= floor["sw_limit"] and floor["tv"] <= floor["tv_limit"])
     assert "## Targets" in (tmp_path / "sampler_accuracy.md").read_text()
 
 
