@@ -1,6 +1,12 @@
 """Benchmark 1 of the fast-sampler issue: accuracy of diffusionlab's samplers against diffusers' schedulers.
 
-    python benchmarks/sampler_accuracy.py [--quick] [--out DIR]
+    python benchmarks/sampler_accuracy.py [--quick] [--out DIR]        # both beds, one process (~80 min)
+
+    # or the two beds in parallel on two cores (~50 min), then one result:
+    python benchmarks/sampler_accuracy.py --beds ring2d --out /tmp/ring2d &
+    python benchmarks/sampler_accuracy.py --beds aniso16d --out /tmp/aniso16d; wait
+    python benchmarks/sampler_accuracy.py --merge /tmp/ring2d/sampler_accuracy.json \
+        /tmp/aniso16d/sampler_accuracy.json --out benchmarks/results
 
 Beds: the 2-D ring (``GaussianMixture.ring()``) and a 16-D anisotropic mixture
 (``GaussianMixture.random_anisotropic(dim=16, k=4, seed 0)``), both on ``dl.DDPM(T=1000, schedule="linear")`` with
