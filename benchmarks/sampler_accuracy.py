@@ -5,8 +5,7 @@
     # or the two beds in parallel on two cores (~50 min), then one result:
     python benchmarks/sampler_accuracy.py --beds ring2d --out /tmp/ring2d &
     python benchmarks/sampler_accuracy.py --beds aniso16d --out /tmp/aniso16d; wait
-    python benchmarks/sampler_accuracy.py --merge /tmp/ring2d/sampler_accuracy.json \
-        /tmp/aniso16d/sampler_accuracy.json --out benchmarks/results
+    python benchmarks/sampler_accuracy.py --out benchmarks/results --merge /tmp/{ring2d,aniso16d}/sampler_accuracy.json
 
 Beds: the 2-D ring (``GaussianMixture.ring()``) and a 16-D anisotropic mixture
 (``GaussianMixture.random_anisotropic(dim=16, k=4, seed 0)``), both on ``dl.DDPM(T=1000, schedule="linear")`` with
