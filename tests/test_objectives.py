@@ -119,6 +119,7 @@ def test_elbo_loss_gradients_are_finite_when_the_decoder_term_is_drawn(dtype):
     """A batch that draws i = 1 (the decoder L_0) next to KL terms: the loss and its gradient are finite. (The KL at
     i = 1 has σ̃² = 0; computing it for every example and masking with torch.where gave NaN gradients.)"""
     process = dl.DDPM(T=10, beta_start=0.05, beta_end=0.5)
+    torch.manual_seed(3)  # the net's initialisation, independent of the tests run before in this process
     net = torch.nn.Linear(3, 2).to(dtype)
     model = lambda x, t: net(torch.cat([x, t[:, None].to(x.dtype)], 1))  # noqa: E731
     x0 = torch.randn(200, 2, dtype=dtype, generator=torch.Generator().manual_seed(8))
@@ -134,7 +135,7 @@ def test_elbo_loss_gradients_are_finite_when_the_decoder_term_is_drawn(dtype):
     # the same loss as calling the model on each part: the decoder for i = 1, a KL otherwise (uniform i at first)
     u = torch.rand(200, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     i = torch.searchsorted(torch.cumsum(torch.full((10,), 0.1, dtype=torch.float64), 0), u).clamp(max=9) + 1
-    t = (i.double() / 10).to(dtype)
+    t = i.double() / 10  # float64 times, as the loss makes them
     g = torch.Generator().manual_seed(9)
     torch.rand(200, generator=g, dtype=torch.float64)  # the draw of i, then the noise, as the loss does
     x_t = process.marginal(x0, t, torch.randn(x0.shape, generator=g, dtype=dtype))
