@@ -59,6 +59,7 @@ import torch
 import diffusionlab as dl
 from diffusionlab.data import GaussianMixture, eps_predictor
 from diffusionlab.evaluation.metrics import component_weight_tv, sliced_wasserstein, sliced_wasserstein_floor
+from diffusionlab.samplers.tuning import rms_error
 
 F64 = torch.float64
 HERE = Path(__file__).resolve().parent
@@ -164,10 +165,6 @@ def run_diffusers(cls_name: str, kwargs: dict, process, model, x_T: torch.Tensor
 
 
 # --- metrics --------------------------------------------------------------------------------------------------
-def rms(a, b) -> float:
-    return float(((a - b) ** 2).sum(1).mean().sqrt())
-
-
 def true_sampler(mix):
     return lambda n, g: mix.sample(n, g)[0]
 
@@ -330,7 +327,7 @@ def fitted_multistep_row(model, process, fitted_grids, nfes, x_T, ref, mix, n_pr
 
 def _entry(x, used, det, ref, mix, n_proj, seed, fl) -> dict:
     e = {"nfe": int(used), **dist_metrics(mix, x, n_proj, seed, fl["entropy"])}
-    e["ode_error"] = rms(x, ref) if det else None
+    e["ode_error"] = rms_error(x, ref) if det else None
     return e
 
 

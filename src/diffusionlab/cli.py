@@ -16,7 +16,7 @@ from .errors import UserError
 from .grids import GRIDS
 from .processes import PROCESSES
 from .samplers import SAMPLERS
-from .samplers.tuning import DETERMINISTIC
+from .samplers.tuning import DETERMINISTIC, OBJECTIVES
 
 EXIT_USER_ERROR = 2
 
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
     f.add_argument("--batch-size", type=_positive_int, help="calibration draws per gradient batch (memory)")
     f.add_argument("--raw-weights", action="store_true", help="fit to the raw weights instead of the EMA")
-    f.add_argument("--objective", choices=["rms", "mean"], default="rms",
+    f.add_argument("--objective", choices=OBJECTIVES, default="rms",
                    help="error to the exact ODE solution that both fits minimise: root mean squared or mean distance "
                         "(less swayed by the rare draws whose exact trajectory changes mode)")
 

@@ -38,6 +38,9 @@ def coefficients(process, t) -> tuple[float, float, float]:
     return float(process.alpha(t)), float(process.sigma(t)), half_log_snr(process, t)
 
 
+ORDERS = (1, 2, 3)  # the orders of DPM-Solver++ (1 = DDIM)
+
+
 def step_order(order: int, k: int, steps: int, lower_order_final: bool) -> int:
     """Order of step k (0-based) of ``steps`` grid points: warm-up min(order, k + 1); with ``lower_order_final``
     also at most steps − k, i.e. ≤ 2 on the last step (the final denoise is the first-order jump to σ = 0)."""
@@ -123,7 +126,7 @@ def dpmpp(denoiser, process, x, grid, *, generator=None, callback=None, order: i
           lower_order_final: bool = True):
     """DPM-Solver++ multistep of ``order`` 1, 2 or 3 (see ``dpmpp_update``); order 1 is DDIM (η = 0).
     NFE = steps − 1 (+1 for the final denoise)."""
-    if order not in (1, 2, 3):
+    if order not in ORDERS:
         raise UserError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
     return _multistep(denoiser, process, x, grid, callback, order, lower_order_final)
 

@@ -34,7 +34,7 @@ from .._tensor import as_time
 from ..errors import UserError
 from ..grids import explicit_grid
 from ..parametrization import Denoiser
-from .dpm_solver import coefficients as _coefficients, dpmpp_step_order, dpmpp_update
+from .dpm_solver import ORDERS, coefficients as _coefficients, dpmpp_step_order, dpmpp_update
 
 
 class FittedMultistep(NamedTuple):
@@ -53,7 +53,7 @@ def multistep_coefficients(process, grid, order: int = 2, lower_order_final: boo
     applied to unit vectors (x_k = e₀, m_j = e_{1+j}) it returns the row. So ``fitted_multistep`` with these
     numbers *is* ``dpmpp`` of that order, with no second derivation of its formulas (order 1: a_k = σ_{k+1}/σ_k,
     b_kk = −α_{k+1}(e^{−h} − 1), h = λ_{k+1} − λ_k)."""
-    if order not in (1, 2, 3):
+    if order not in ORDERS:
         raise UserError(f"multistep_coefficients: order must be 1, 2 or 3, got {order}")
     steps = len(grid)
     unit = torch.eye(steps, dtype=torch.float64)  # slot 0: x_k; slot 1 + j: m_j
@@ -96,7 +96,7 @@ def fitted_multistep(denoiser, process, x, grid, *, generator=None, callback=Non
 
 
 def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps", reference: Tensor | None = None,
-                  steps: int | None = None, starts=(1, 2, 3), rounds: int = 5, max_iter: int = 100,
+                  steps: int | None = None, starts=ORDERS, rounds: int = 5, max_iter: int = 100,
                   batch_size: int | None = None, rtol: float = 1e-7, objective: str = "rms") -> FittedMultistep:
     """Fit the coefficients of ``fitted_multistep`` on ``grid`` (a tensor of times, e.g. ``optimize_grid(...)
     .grid``, or a grid kind with ``steps``) to ``model`` on the calibration noise ``x_T`` (see the module
@@ -112,7 +112,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
 
     check_objective(objective)
     starts = tuple(starts)
-    if not starts or any(order not in (1, 2, 3) for order in starts):
+    if not starts or any(order not in ORDERS for order in starts):
         raise UserError(f"fit_multistep: starts must be a non-empty list of orders 1, 2 or 3 (1 = DDIM, 2 = "
                         f"DPM-Solver++(2M), 3 = 3M), got {list(starts)}")
     if isinstance(grid, str):
