@@ -321,3 +321,34 @@ def test_torchrun_two_processes_through_the_cli(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("diffusionlab: done: step 20") == 1
     assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["step"] == 20
+
+
+def test_precision_flag_and_what_a_resume_may_change(tmp_path, capsys):
+    """`--precision bf16` is recorded in the run; a resume takes --steps, --lr and --precision (warning that the
+    run then differs from an uninterrupted one) and refuses flags the run fixes, changing nothing."""
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"network": {"type": "mlp", "dim": 2, "hidden": 16, "depth": 2},
+                               "process": {"process": "ddpm", "T": 20},
+                               "train": {"batch_size": 32, "checkpoint_every": 2, "num_threads": 1,
+                                         "ema_decay": 0.5}}))
+    flags = ["--data", "ring8", "--config", cfg, "--no-progress"]
+    assert run_cli(capsys, "train", "--out", tmp_path / "bf16", "--steps", 2, "--precision", "bf16", *flags)[0] == 0
+    assert load_checkpoint(tmp_path / "bf16").config["train"]["precision"] == "bf16"
+
+    run = tmp_path / "run"
+    assert run_cli(capsys, "train", "--out", run, "--steps", 4, *flags)[0] == 0
+    assert load_checkpoint(run).config["train"]["precision"] == "fp32"
+    before = (run / "checkpoint.safetensors").read_bytes()
+    for fixed in (["--process", "vp"], ["--data", "moons"], ["--batch-size", 8], ["--config", cfg],
+                  ["--loss", "elbo"], ["--seed", 3]):
+        code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, *fixed)
+        assert code == 2 and "fixed by the run" in err and fixed[0] in err and err.count("\n") == 1, err
+        assert load_checkpoint(run).step == 4 and (run / "checkpoint.safetensors").read_bytes() == before
+    with pytest.warns(UserWarning, match=r"lr: 0\.0002 -> 0\.001; precision: fp32 -> bf16"):
+        code, stdout, _ = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--precision", "bf16",
+                                  "--lr", 1e-3, "--no-progress")
+    assert code == 0 and "step 6" in stdout
+    checkpoint = load_checkpoint(run)
+    assert checkpoint.step == 6 and checkpoint.config["train"]["precision"] == "bf16"
+    assert checkpoint.config["train"]["lr"] == 1e-3
+    assert checkpoint.extra["trainer"]["train_config"]["precision"] == "bf16"

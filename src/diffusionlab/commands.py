@@ -36,8 +36,9 @@ def _train_config_from_args(args, dataset=None) -> dict:
     """The run config: defaults ← config file ← command-line flags."""
     overrides = runs.read_config_file(args.config) if args.config else {}
     flags: dict = {"train": {}, "objective": {}}
-    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed")):
-        if getattr(args, name) is not None:
+    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
+                      ("precision", "precision")):
+        if getattr(args, name, None) is not None:
             flags["train"][key] = getattr(args, name)
     if args.process:
         flags["process"] = {"process": args.process}
@@ -53,6 +54,20 @@ def _train_config_from_args(args, dataset=None) -> dict:
     return runs.merge(config, flags)
 
 
+# Flags a resumed run takes (the trainer warns when lr or precision change the trajectory); every other one
+# is fixed by the run.
+_RESUME_TRAIN_FLAGS = ("steps", "lr", "precision")
+_RUN_FLAGS = ("data", "batch_size", "seed", "config", "process", "prediction", "loss", "weighting", "time_sampling")
+
+
+def _check_resume_flags(args) -> None:
+    given = [name for name in _RUN_FLAGS if getattr(args, name, None) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UserError(f"{flags}: fixed by the run when resuming (only --steps, --lr and --precision can "
+                        "change); drop them, or start a new run with another --out")
+
+
 def _load_training_data(spec: str, data_cfg: dict):
     return load_dataset(spec, seed=int(data_cfg.get("seed", 0)), test_fraction=float(data_cfg.get("test_fraction", 0.1)))
 
@@ -63,8 +78,10 @@ def train(args) -> int:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
         config = load_checkpoint(out).config
-        if args.steps is not None:
-            config["train"]["steps"] = args.steps
+        _check_resume_flags(args)
+        for name in _RESUME_TRAIN_FLAGS:
+            if getattr(args, name, None) is not None:
+                config["train"][name] = getattr(args, name)
         dataset = _load_training_data(config["data"]["spec"], config["data"])
     else:
         if not args.data:
@@ -423,9 +440,11 @@ def demo(args) -> int:
         cfg["train"]["steps"] = args.steps
     config_path.write_text(json.dumps(cfg, indent=2))
     resume = checkpoint_exists(run_dir)
-    train_args = _Args(data="digits", out=str(run_dir), steps=cfg["train"]["steps"], batch_size=None, lr=None,
-                       seed=None, config=str(config_path), process=None, prediction=None, loss=None,
-                       weighting=None, time_sampling=None, resume=resume, no_progress=args.no_progress)
+    # A resumed demo takes its data and config from the run.
+    train_args = _Args(data=None if resume else "digits", out=str(run_dir), steps=cfg["train"]["steps"],
+                       batch_size=None, lr=None, seed=None, config=None if resume else str(config_path),
+                       process=None, prediction=None, loss=None, weighting=None, time_sampling=None, precision=None,
+                       resume=resume, no_progress=args.no_progress)
     if resume and load_checkpoint(run_dir).step >= cfg["train"]["steps"]:
         print(f"diffusionlab: {run_dir} is already trained; sampling from it")
     else:

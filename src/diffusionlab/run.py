@@ -32,7 +32,8 @@ from .processes import make_process
 from .training import TrainConfig, load_checkpoint
 
 DEFAULT_TRAIN = {"steps": 5000, "batch_size": 128, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 100,
-                 "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 1000, "log_every": 50, "seed": 0}
+                 "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 1000, "log_every": 50, "seed": 0,
+                 "precision": "fp32"}
 
 
 def default_network(dataset: Dataset) -> dict:

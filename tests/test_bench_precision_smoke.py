@@ -1,0 +1,56 @@
+"""Smoke test of benchmarks/mixed_precision.py: a tiny network, 4 steps per precision in chunks of 2, 16 held-out
+images. Checks what the committed results rely on: both runs really trained in alternating chunks to the same
+step, the bf16 run in bfloat16 (its weights differ from the fp32 run's, slightly), the summary is the figures the
+per-chunk timings and per-image values give."""
+
+import importlib.util
+import math
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "mixed_precision.py"
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend is not installed")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("mixed_precision", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mixed_precision_smoke(bench, tmp_path, monkeypatch):
+    quality_of = {}
+    per_image = bench.per_image_quality
+
+    def recording(run, x, cfg):  # keep each run's weights and per-image values to recompute the summary
+        values = per_image(run, x, cfg)
+        quality_of[len(quality_of)] = (run, values)
+        return values
+
+    monkeypatch.setattr(bench, "per_image_quality", recording)
+    results = bench.run({**bench.SMOKE, "threads": 1, "command": "pytest smoke"}, tmp_path, log=lambda *a: None)
+
+    assert {p.name for p in tmp_path.iterdir()} == {"mixed_precision.json", "mixed_precision.md"}
+    chunks = results["training"]
+    for p in ("fp32", "bf16"):
+        assert [c["to_step"] for c in chunks[p]] == [2, 4] and all(c["seconds"] > 0 for c in chunks[p])
+    summary = results["summary"]
+    ratios = [a["seconds"] / b["seconds"] for a, b in zip(chunks["fp32"], chunks["bf16"])]
+    assert summary["speedup_median"] == pytest.approx(statistics.median(ratios))
+
+    (fp32_run, fp32_q), (bf16_run, bf16_q) = quality_of[0], quality_of[1]
+    assert fp32_run.config["train"]["precision"] == "fp32" and bf16_run.config["train"]["precision"] == "bf16"
+    weights = zip(fp32_run.model.state_dict().values(), bf16_run.model.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in weights), "bf16 training should not give the fp32 weights"
+    for metric in ("bpd", "eps_loss"):
+        assert len(fp32_q[metric]) == 16 and bool(torch.isfinite(fp32_q[metric]).all())
+        diff = bf16_q[metric] - fp32_q[metric]
+        assert summary[metric]["bf16_minus_fp32"]["mean"] == pytest.approx(float(diff.mean()))
+        assert summary[metric]["bf16_minus_fp32"]["stderr"] == pytest.approx(float(diff.std() / math.sqrt(16)))
+        assert summary[metric]["fp32"]["mean"] == pytest.approx(float(fp32_q[metric].mean()))
