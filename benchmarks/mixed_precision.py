@@ -64,6 +64,8 @@ def _fid_mnist():
 
 FID = _fid_mnist()
 PRECISIONS = ("fp32", "bf16")
+CONTROL = "fp32_seed1"  # float32 again with the next seed: how far two runs differ anyway
+RUNS = {"fp32": ("fp32", 0), "bf16": ("bf16", 0), CONTROL: ("fp32", 1)}
 FULL = {
     "steps": 600,
     "chunk": 100,
@@ -82,35 +84,36 @@ SMOKE = {**FULL, "steps": 4, "chunk": 2, "batch_size": 8, "n_eval": 16, "strata"
          "network": FID.SMOKE["dl_network"]}
 
 
-def run_config(ds, cfg: dict, precision: str) -> dict:
+def run_config(ds, cfg: dict, name: str) -> dict:
+    precision, offset = RUNS[name]
     data = {"spec": "mnist", "seed": cfg["seed"], "test_fraction": cfg["n_test"] / FID.N_TOTAL}
     return runs.merge(runs.default_config(ds, data), {
         "network": cfg["network"],
-        "train": {**cfg["train"], "steps": cfg["steps"], "batch_size": cfg["batch_size"], "seed": cfg["seed"],
+        "train": {**cfg["train"], "steps": cfg["steps"], "batch_size": cfg["batch_size"],
+                  "seed": cfg["seed"] + offset,
                   "checkpoint_every": cfg["chunk"], "log_every": cfg["chunk"], "device": "cpu",
                   "num_threads": cfg["threads"], "precision": precision},
     })
 
 
 def train_side_by_side(ds, cfg: dict, root: Path, log=print) -> dict:
-    """Both runs to ``steps``, in alternating chunks; returns per-run chunk timings."""
-    configs = {p: run_config(ds, cfg, p) for p in PRECISIONS}
-    losses = {p: runs.build_loss(configs[p], ds.levels) for p in PRECISIONS}
-    chunks = {p: [] for p in PRECISIONS}
+    """The three runs to ``steps`` in chunks: fp32 and bf16 alternating which goes first, then the control."""
+    configs = {name: run_config(ds, cfg, name) for name in RUNS}
+    losses = {name: runs.build_loss(configs[name], ds.levels) for name in RUNS}
+    chunks = {name: [] for name in RUNS}
     ends = list(range(cfg["chunk"], cfg["steps"], cfg["chunk"])) + [cfg["steps"]]
     for k, end in enumerate(ends):
-        order = PRECISIONS if k % 2 == 0 else PRECISIONS[::-1]
-        for p in order:
-            tcfg = TrainConfig(**{**configs[p]["train"], "steps": end})
-            torch.manual_seed(cfg["seed"])  # the initial weights (a resume replaces them by the checkpoint's)
-            model = runs.build_model(configs[p])
+        for name in (*(PRECISIONS if k % 2 == 0 else PRECISIONS[::-1]), CONTROL):
+            tcfg = TrainConfig(**{**configs[name]["train"], "steps": end})
+            torch.manual_seed(tcfg.seed)  # the initial weights (a resume replaces them by the checkpoint's)
+            model = runs.build_model(configs[name])
             with warnings.catch_warnings():  # the first chunk is short of the EMA horizon, the run is not
                 warnings.filterwarnings("ignore", message="ema_decay=")
-                result = run_training(model, losses[p], ds.train, tcfg, root / p, run_config=configs[p],
+                result = run_training(model, losses[name], ds.train, tcfg, root / name, run_config=configs[name],
                                       resume=k > 0, progress=False)
             done = end - (ends[k - 1] if k else 0)
-            chunks[p].append({"to_step": end, "steps": done, "seconds": result.wall_time,
-                              "steps_per_s": done / result.wall_time, "loss": result.loss})
+            chunks[name].append({"to_step": end, "steps": done, "seconds": result.wall_time,
+                                 "steps_per_s": done / result.wall_time, "loss": result.loss})
         log(f"  steps {end}: " + ", ".join(f"{p} {chunks[p][-1]['steps_per_s']:.2f} steps/s" for p in PRECISIONS))
     return {"chunks": chunks, "params": count_parameters(runs.build_model(configs["fp32"]))}
 
@@ -148,12 +151,14 @@ def summarise(training: dict, quality: dict) -> dict:
     fp32, bf16 = training["chunks"]["fp32"], training["chunks"]["bf16"]
     ratios = [a["seconds"] / b["seconds"] for a, b in zip(fp32, bf16)]
     out = {"speedup_median": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
+           "speedup_total": sum(c["seconds"] for c in fp32) / sum(c["seconds"] for c in bf16),
            "steps_per_s": {p: statistics.median(c["steps_per_s"] for c in training["chunks"][p])
                            for p in PRECISIONS},
-           "final_smoothed_loss": {p: training["chunks"][p][-1]["loss"] for p in PRECISIONS}}
+           "final_smoothed_loss": {name: training["chunks"][name][-1]["loss"] for name in RUNS}}
     for metric in ("bpd", "eps_loss"):
-        out[metric] = {p: mean_se(quality[p][metric]) for p in PRECISIONS}
+        out[metric] = {name: mean_se(quality[name][metric]) for name in RUNS}
         out[metric]["bf16_minus_fp32"] = mean_se(quality["bf16"][metric] - quality["fp32"][metric])
+        out[metric]["seed1_minus_seed0"] = mean_se(quality[CONTROL][metric] - quality["fp32"][metric])
     return out
 
 
@@ -188,7 +193,7 @@ def run(cfg: dict, out: Path | None, workdir: Path | None = None, log=print) -> 
             started = time.perf_counter()
             training = train_side_by_side(ds, cfg, Path(tmp), log)
             x = ds.test[:cfg["n_eval"]]
-            quality = {p: per_image_quality(runs.load_run(Path(tmp) / p), x, cfg) for p in PRECISIONS}
+            quality = {name: per_image_quality(runs.load_run(Path(tmp) / name), x, cfg) for name in RUNS}
             wall = time.perf_counter() - started
     finally:
         torch.set_num_threads(threads)
@@ -206,9 +211,18 @@ def run(cfg: dict, out: Path | None, workdir: Path | None = None, log=print) -> 
 def markdown(results: dict) -> str:
     s, env, summ = results["settings"], results["environment"], results["summary"]
 
-    def fmt(d, digits):
-        return f"{d['mean']:.{digits}f} ± {d['stderr']:.{digits}f}"
+    def fmt(d, digits, sci=False):
+        f = "e" if sci else "f"
+        return f"{d['mean']:+.{digits}{f}} ± {d['stderr']:.{digits}{f}}" if sci else \
+            f"{d['mean']:.{digits}{f}} ± {d['stderr']:.{digits}{f}}"
 
+    def row(label, metric, digits, sci=False):
+        m = summ[metric]
+        return (f"| {label} | {fmt(m['fp32'], digits)} | {fmt(m['bf16'], digits)} | {fmt(m[CONTROL], digits)} | "
+                f"{fmt(m['bf16_minus_fp32'], 1 if sci else digits + 1, sci)} | "
+                f"{fmt(m['seed1_minus_seed0'], 1 if sci else digits + 1, sci)} |")
+
+    loss = summ["final_smoothed_loss"]
     lines = [
         "# Mixed precision in the trainer: bf16 against float32",
         "",
@@ -217,21 +231,26 @@ def markdown(results: dict) -> str:
         f"{s['threads']} threads · torch {env['torch']} · {results['wall_s']:.0f} s in all",
         "",
         f"benchmark 3's diffusionlab run on MNIST (4,000 training images, {results['params']:,} parameters, batch "
-        f"{s['batch_size']}), {s['steps']} steps per precision, trained side by side in alternating chunks of "
-        f"{s['chunk']} steps (each an exact resume). Quality on {s['n_eval']:,} held-out images, EMA weights, "
-        f"evaluated in float32, same draws for both: −ELBO ({s['strata']} strata) and the ε-loss "
-        f"({s['eps_draws']} draws of (t, ε) per image).",
+        f"{s['batch_size']}), {s['steps']} steps per run, trained in chunks of {s['chunk']} steps (each an exact "
+        "resume), fp32 and bf16 alternating which goes first, so both see the same machine conditions. A third "
+        f"run, fp32 with seed {s['seed'] + 1} (other initialisation, data order and noise), shows how far two runs "
+        f"differ anyway. Quality on {s['n_eval']:,} held-out images, EMA weights, evaluated in float32 with the "
+        f"same draws for every run (so differences are paired): −ELBO ({s['strata']} strata) and the ε-loss "
+        f"({s['eps_draws']} draws of (t, ε) per image). The ± of a difference covers the evaluation draws only, "
+        "not the run-to-run spread: compare bf16 − fp32 with the seed-to-seed difference.",
         "",
-        "| | fp32 | bf16 | bf16 − fp32 (paired) |",
-        "|---|---|---|---|",
-        f"| steps/s (median over chunks) | {summ['steps_per_s']['fp32']:.3f} | {summ['steps_per_s']['bf16']:.3f} | "
-        f"speed-up {summ['speedup_median']:.2f}× ({summ['speedup_min']:.2f}–{summ['speedup_max']:.2f}) |",
-        f"| held-out bits/dim | {fmt(summ['bpd']['fp32'], 3)} | {fmt(summ['bpd']['bf16'], 3)} | "
-        f"{fmt(summ['bpd']['bf16_minus_fp32'], 4)} |",
-        f"| held-out ε-loss | {fmt(summ['eps_loss']['fp32'], 4)} | {fmt(summ['eps_loss']['bf16'], 4)} | "
-        f"{fmt(summ['eps_loss']['bf16_minus_fp32'], 5)} |",
-        f"| final smoothed training loss | {summ['final_smoothed_loss']['fp32']:.4f} | "
-        f"{summ['final_smoothed_loss']['bf16']:.4f} | |",
+        f"Speed: bf16 / fp32 **{summ['speedup_median']:.2f}×** (median of the per-chunk ratios; "
+        f"{summ['speedup_min']:.2f}–{summ['speedup_max']:.2f}; total time {summ['speedup_total']:.2f}×); median "
+        f"steps/s fp32 {summ['steps_per_s']['fp32']:.3f}, bf16 {summ['steps_per_s']['bf16']:.3f}.",
+        "",
+        f"| held out | fp32 | bf16 | fp32, seed {s['seed'] + 1} | bf16 − fp32 | seed {s['seed'] + 1} − seed "
+        f"{s['seed']} (fp32) |",
+        "|---|---|---|---|---|---|",
+        row("bits/dim", "bpd", 3),
+        row("ε-loss", "eps_loss", 4, sci=True),
+        "",
+        f"Final smoothed training loss: fp32 {loss['fp32']:.4f}, bf16 {loss['bf16']:.4f}, fp32 seed "
+        f"{s['seed'] + 1} {loss[CONTROL]:.4f}.",
         "",
     ]
     return "\n".join(lines)
@@ -252,7 +271,7 @@ def main(argv=None) -> int:
     results = run(cfg, Path(args.out))
     summ = results["summary"]
     print(f"bf16 speed-up {summ['speedup_median']:.2f}×; held-out bits/dim bf16 − fp32 "
-          f"{summ['bpd']['bf16_minus_fp32']['mean']:+.4f} ± {summ['bpd']['bf16_minus_fp32']['stderr']:.4f}")
+          f"{summ['bpd']['bf16_minus_fp32']['mean']:+.4f}, seed 1 − seed 0 {summ['bpd']['seed1_minus_seed0']['mean']:+.4f}")
     return 0
 
 

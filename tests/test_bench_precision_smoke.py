@@ -1,6 +1,6 @@
 """Smoke test of benchmarks/mixed_precision.py: a tiny network, 4 steps per precision in chunks of 2, 16 held-out
-images. Checks what the committed results rely on: both runs really trained in alternating chunks to the same
-step, the bf16 run in bfloat16 (its weights differ from the fp32 run's, slightly), the summary is the figures the
+images. Checks what the committed results rely on: the three runs (fp32, bf16, fp32 with the next seed) really
+trained in chunks to the same step, the bf16 run in bfloat16 (its weights differ from the fp32 run's, slightly), the summary is the figures the
 per-chunk timings and per-image values give."""
 
 import importlib.util
@@ -38,14 +38,21 @@ def test_mixed_precision_smoke(bench, tmp_path, monkeypatch):
 
     assert {p.name for p in tmp_path.iterdir()} == {"mixed_precision.json", "mixed_precision.md"}
     chunks = results["training"]
-    for p in ("fp32", "bf16"):
+    assert chunks.keys() == {"fp32", "bf16", "fp32_seed1"}
+    for p in chunks:
         assert [c["to_step"] for c in chunks[p]] == [2, 4] and all(c["seconds"] > 0 for c in chunks[p])
     summary = results["summary"]
     ratios = [a["seconds"] / b["seconds"] for a, b in zip(chunks["fp32"], chunks["bf16"])]
     assert summary["speedup_median"] == pytest.approx(statistics.median(ratios))
+    assert summary["speedup_total"] == pytest.approx(sum(c["seconds"] for c in chunks["fp32"])
+                                                     / sum(c["seconds"] for c in chunks["bf16"]))
 
-    (fp32_run, fp32_q), (bf16_run, bf16_q) = quality_of[0], quality_of[1]
+    (fp32_run, fp32_q), (bf16_run, bf16_q), (control_run, control_q) = quality_of[0], quality_of[1], quality_of[2]
     assert fp32_run.config["train"]["precision"] == "fp32" and bf16_run.config["train"]["precision"] == "bf16"
+    assert control_run.config["train"]["precision"] == "fp32"
+    assert (fp32_run.config["train"]["seed"], bf16_run.config["train"]["seed"], control_run.config["train"]["seed"]) \
+        == (0, 0, 1)
+    assert torch.equal(fp32_run.dataset.test, control_run.dataset.test)  # the same held-out images
     weights = zip(fp32_run.model.state_dict().values(), bf16_run.model.state_dict().values())
     assert not all(torch.equal(a, b) for a, b in weights), "bf16 training should not give the fp32 weights"
     for metric in ("bpd", "eps_loss"):
@@ -54,3 +61,5 @@ def test_mixed_precision_smoke(bench, tmp_path, monkeypatch):
         assert summary[metric]["bf16_minus_fp32"]["mean"] == pytest.approx(float(diff.mean()))
         assert summary[metric]["bf16_minus_fp32"]["stderr"] == pytest.approx(float(diff.std() / math.sqrt(16)))
         assert summary[metric]["fp32"]["mean"] == pytest.approx(float(fp32_q[metric].mean()))
+        control = control_q[metric] - fp32_q[metric]
+        assert summary[metric]["seed1_minus_seed0"]["mean"] == pytest.approx(float(control.mean()))

@@ -324,26 +324,37 @@ def test_torchrun_two_processes_through_the_cli(tmp_path):
 
 
 def test_precision_flag_and_what_a_resume_may_change(tmp_path, capsys):
-    """`--precision bf16` is recorded in the run; a resume takes --steps, --lr and --precision (warning that the
-    run then differs from an uninterrupted one) and refuses flags the run fixes, changing nothing."""
+    """`--precision bf16` is recorded in the run. A resume takes --steps, --lr and --precision (warning that the
+    run then differs from an uninterrupted one) and accepts the original command line; a flag or config entry
+    that disagrees with the run is refused in one line, changing nothing."""
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"network": {"type": "mlp", "dim": 2, "hidden": 16, "depth": 2},
-                               "process": {"process": "ddpm", "T": 20},
-                               "train": {"batch_size": 32, "checkpoint_every": 2, "num_threads": 1,
-                                         "ema_decay": 0.5}}))
+    settings = {"network": {"type": "mlp", "dim": 2, "hidden": 16, "depth": 2}, "process": {"process": "ddpm", "T": 20},
+                "train": {"batch_size": 32, "checkpoint_every": 2, "log_every": 1, "num_threads": 1,
+                          "ema_decay": 0.5}}
+    cfg.write_text(json.dumps(settings))
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**settings, "network": {**settings["network"], "hidden": 32}}))
     flags = ["--data", "ring8", "--config", cfg, "--no-progress"]
     assert run_cli(capsys, "train", "--out", tmp_path / "bf16", "--steps", 2, "--precision", "bf16", *flags)[0] == 0
     assert load_checkpoint(tmp_path / "bf16").config["train"]["precision"] == "bf16"
 
     run = tmp_path / "run"
-    assert run_cli(capsys, "train", "--out", run, "--steps", 4, *flags)[0] == 0
+    assert run_cli(capsys, "train", "--out", run, "--steps", 4, "--seed", 0, *flags)[0] == 0
     assert load_checkpoint(run).config["train"]["precision"] == "fp32"
     before = (run / "checkpoint.safetensors").read_bytes()
-    for fixed in (["--process", "vp"], ["--data", "moons"], ["--batch-size", 8], ["--config", cfg],
-                  ["--loss", "elbo"], ["--seed", 3]):
+    for fixed, named in ((["--process", "vp"], "process.process: ddpm -> vp"),
+                         (["--data", "moons"], "data.spec: ring8 -> moons"),
+                         (["--batch-size", 8], "train.batch_size: 32 -> 8"),
+                         (["--config", other], "network.hidden: 16 -> 32"),
+                         (["--loss", "elbo"], "objective.loss: simple -> elbo"),
+                         (["--seed", 3], "train.seed: 0 -> 3")):
         code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, *fixed)
-        assert code == 2 and "fixed by the run" in err and fixed[0] in err and err.count("\n") == 1, err
+        assert code == 2 and named in err and "only --steps, --lr and --precision" in err, err
+        assert err.count("\n") == 1
         assert load_checkpoint(run).step == 4 and (run / "checkpoint.safetensors").read_bytes() == before
+
+    code, stdout, _ = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 5, "--seed", 0, *flags)
+    assert code == 0 and "step 5" in stdout  # the original command line, resumed
     with pytest.warns(UserWarning, match=r"lr: 0\.0002 -> 0\.001; precision: fp32 -> bf16"):
         code, stdout, _ = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--precision", "bf16",
                                   "--lr", 1e-3, "--no-progress")
@@ -352,3 +363,26 @@ def test_precision_flag_and_what_a_resume_may_change(tmp_path, capsys):
     assert checkpoint.step == 6 and checkpoint.config["train"]["precision"] == "bf16"
     assert checkpoint.config["train"]["lr"] == 1e-3
     assert checkpoint.extra["trainer"]["train_config"]["precision"] == "bf16"
+    assert [entry["precision"] for entry in map(json.loads, (run / "log.jsonl").read_text().splitlines())][-1] == "bf16"
+
+
+def test_demo_resumes_its_run_and_reuses_a_trained_one(tmp_path, capsys, monkeypatch):
+    """`demo` run again continues its own run (more --steps) or reuses it; sampling and bits/dim are stubbed out
+    here (`make demo` runs them), this checks the training part of the flow."""
+    from diffusionlab import commands
+
+    calls = []
+
+    def generate(run, n, *args, **kwargs):  # records which training step the samples would come from
+        calls.append(run.step)
+        return torch.zeros(n, *run.dataset.shape), [], 0
+
+    monkeypatch.setattr(commands, "generate", generate)
+    monkeypatch.setattr(commands, "write_samples", lambda *a, **k: None)
+    monkeypatch.setattr(commands, "write_trajectory", lambda *a, **k: None)
+    monkeypatch.setattr(commands, "evaluate_bpd", lambda *a, **k: {"terms": "stub", "n": 1, "bpd": 0.0, "stderr": 0.0})
+    for steps, expected in ((2, "training"), (3, "Resuming"), (3, "already trained")):
+        code, stdout, _ = run_cli(capsys, "demo", "--out", tmp_path, "--steps", steps, "--no-progress")
+        assert code == 0 and expected in stdout, stdout
+        assert load_checkpoint(tmp_path / "run").step == steps
+    assert calls == [2, 3, 3]

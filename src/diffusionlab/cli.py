@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model on a data set", formatter_class=fmt)
     t.add_argument("--data", help="built-in name (digits, mnist, moons, swissroll, checkerboard, ring8) or a "
-                                  "path (.npy/.npz or a folder of images); taken from the run when resuming")
+                                  "path (.npy/.npz or a folder of images); may be omitted when resuming")
     t.add_argument("--out", required=True, help="run directory (checkpoints, log)")
     t.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 5000)")
     t.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")

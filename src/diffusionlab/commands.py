@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 import math
@@ -32,21 +33,26 @@ from .training import checkpoint_exists, load_checkpoint, train as run_training
 # train
 
 
+def _flag_overrides(args) -> dict:
+    """The part of the run config that the command-line flags set."""
+    flags: dict = {"train": {}, "objective": {}}
+    for name in ("steps", "batch_size", "lr", "seed", "precision"):
+        if getattr(args, name, None) is not None:
+            flags["train"][name] = getattr(args, name)
+    if getattr(args, "process", None):
+        flags["process"] = {"process": args.process}
+    if getattr(args, "prediction", None):
+        flags["prediction"] = args.prediction
+    for name in ("loss", "weighting", "time_sampling"):
+        if getattr(args, name, None):
+            flags["objective"][name] = getattr(args, name)
+    return flags
+
+
 def _train_config_from_args(args, dataset=None) -> dict:
     """The run config: defaults ← config file ← command-line flags."""
     overrides = runs.read_config_file(args.config) if args.config else {}
-    flags: dict = {"train": {}, "objective": {}}
-    for name, key in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"), ("seed", "seed"),
-                      ("precision", "precision")):
-        if getattr(args, name, None) is not None:
-            flags["train"][key] = getattr(args, name)
-    if args.process:
-        flags["process"] = {"process": args.process}
-    if args.prediction:
-        flags["prediction"] = args.prediction
-    for name in ("loss", "weighting", "time_sampling"):
-        if getattr(args, name):
-            flags["objective"][name] = getattr(args, name)
+    flags = _flag_overrides(args)
     data = {"spec": args.data, "seed": flags["train"].get("seed", overrides.get("train", {}).get("seed", 0)),
             "test_fraction": overrides.get("data", {}).get("test_fraction", 0.1)}
     config = runs.default_config(dataset, data)
@@ -54,18 +60,51 @@ def _train_config_from_args(args, dataset=None) -> dict:
     return runs.merge(config, flags)
 
 
-# Flags a resumed run takes (the trainer warns when lr or precision change the trajectory); every other one
+# What a resume may change (the trainer warns when lr or precision change the trajectory); every other setting
 # is fixed by the run.
-_RESUME_TRAIN_FLAGS = ("steps", "lr", "precision")
-_RUN_FLAGS = ("data", "batch_size", "seed", "config", "process", "prediction", "loss", "weighting", "time_sampling")
+_RESUME_TRAIN_KEYS = ("steps", "lr", "precision")
 
 
-def _check_resume_flags(args) -> None:
-    given = [name for name in _RUN_FLAGS if getattr(args, name, None) is not None]
-    if given:
-        flags = ", ".join("--" + name.replace("_", "-") for name in given)
-        raise UserError(f"{flags}: fixed by the run when resuming (only --steps, --lr and --precision can "
-                        "change); drop them, or start a new run with another --out")
+def _resume_config(stored: dict, args) -> dict:
+    """The stored run config, with the train ``steps``, ``lr`` and ``precision`` that this command line sets
+    (config file, then flags). The original command line plus ``--resume`` is accepted: any other flag or
+    config-file entry must agree with the run, or it is refused (it cannot take effect)."""
+    wanted = runs.merge(stored, runs.read_config_file(args.config) if args.config else {})
+    wanted = runs.merge(wanted, _flag_overrides(args))
+    if args.data is not None and not _same_data(args.data, stored["data"]["spec"]):
+        wanted["data"]["spec"] = args.data
+    if args.seed is not None:
+        wanted["data"]["seed"] = args.seed
+
+    def fixed(config: dict) -> dict:
+        return {**config, "train": {k: v for k, v in config["train"].items() if k not in _RESUME_TRAIN_KEYS}}
+
+    changed = _differences(fixed(stored), fixed(wanted))
+    if changed:
+        shown = "; ".join(changed[:4]) + ("; …" if len(changed) > 4 else "")
+        raise UserError(f"the run was trained with other settings ({shown}); a resume can change only --steps, "
+                        "--lr and --precision: drop the others, or start a new run with another --out")
+    config = copy.deepcopy(stored)
+    for key in _RESUME_TRAIN_KEYS:
+        if key in wanted["train"]:
+            config["train"][key] = wanted["train"][key]
+    return config
+
+
+def _same_data(given: str, stored: str) -> bool:
+    """The same data spec: the same string, or two names of one existing file or folder."""
+    if given == stored:
+        return True
+    a, b = Path(given), Path(stored)
+    return a.exists() and b.exists() and a.resolve() == b.resolve()
+
+
+def _differences(old, new, path: str = "") -> list[str]:
+    """``"key.path: old -> new"`` for every leaf where two JSON-like configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [line for key in sorted(old.keys() | new.keys(), key=str)
+                for line in _differences(old.get(key), new.get(key), f"{path}.{key}" if path else str(key))]
+    return [] if old == new else [f"{path}: {old} -> {new}"]
 
 
 def _load_training_data(spec: str, data_cfg: dict):
@@ -77,11 +116,7 @@ def train(args) -> int:
     if args.resume:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
-        config = load_checkpoint(out).config
-        _check_resume_flags(args)
-        for name in _RESUME_TRAIN_FLAGS:
-            if getattr(args, name, None) is not None:
-                config["train"][name] = getattr(args, name)
+        config = _resume_config(load_checkpoint(out).config, args)
         dataset = _load_training_data(config["data"]["spec"], config["data"])
     else:
         if not args.data:

@@ -70,9 +70,9 @@ class TrainConfig:
     (mixed precision: matrix products and convolutions in bfloat16, normalisations and reductions in float32)
     and hands the loss the output cast back to float32; the weights, their gradients, the optimizer, the EMA
     and the checkpoints stay float32, and bfloat16 has float32's exponent range, so no loss scaling is needed.
-    It pays on GPUs and on CPUs with native bfloat16 (AMX or AVX512-BF16: 1.48× the steps/s for benchmark 3's
-    1.2 M-parameter MNIST UNet on two Sapphire Rapids cores, ``benchmarks/mixed_precision.py``, with held-out
-    bits/dim 0.4 % higher at equal steps); on other CPUs bfloat16 is emulated and slower.
+    It is meant for hardware with native bfloat16: CPUs with AMX or AVX512-BF16 (1.48–1.68× the steps/s for
+    benchmark 3's 1.2 M-parameter MNIST UNet on a 2-core Intel Xeon with AMX, ``benchmarks/mixed_precision.py``)
+    and GPUs from Ampere on (not measured here); elsewhere bfloat16 is emulated and slower.
     """
 
     steps: int
@@ -359,7 +359,8 @@ class _Trainer:
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         state = self._resumable_state(checkpoint)
-        _warn_changed_settings(state["train_config"], self.config)
+        if self.dist.is_main:
+            _warn_changed_settings(state["train_config"], self.config)
         _load_module(self.model, checkpoint.model_state)
         self.ema.load_state_dict(checkpoint.ema_state or {})
         self._load_optimizer(checkpoint.optimizer_state)
@@ -513,7 +514,8 @@ class _Trainer:
         loss = self.stats.pop_window_mean()
         if self.dist.is_main:
             entry = {"step": self.step, "loss": loss, "smoothed_loss": self.stats.smoothed,
-                     "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "elapsed_s": elapsed}
+                     "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm, "elapsed_s": elapsed,
+                     "precision": self.config.precision}
             with open(self.run_dir / LOG_NAME, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
         return self.step, loss
