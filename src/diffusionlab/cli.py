@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--trajectory", help="also write the reverse process x_T → x_0 (.png strip or .gif)")
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
+    s.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="bf16: the network under bfloat16 autocast (the sampler's arithmetic stays float32); "
+                        "faster only where the hardware has bfloat16")
     s.add_argument("--no-denoise", action="store_true",
                    help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
     s.add_argument("--solver", help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler, "
@@ -150,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sampler", default="dpmpp_2m", choices=list(SAMPLERS), help="fid: the sampler")
     e.add_argument("--steps", type=_positive_int, default=20, help="fid: sampler grid points")
     e.add_argument("--grid", default="logsnr", choices=list(GRIDS), help="fid: time grid")
+    e.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
+                   help="fid: the network under bfloat16 autocast while sampling (bpd: float32 only)")
     e.add_argument("--strata", type=_positive_int, help="ELBO: stratified estimate with this many terms "
                                                         "per example (default: all terms)")
     e.add_argument("--variance", default="large", choices=["large", "small"],

@@ -28,6 +28,7 @@ from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
+from .training.trainer import Autocast
 
 # --------------------------------------------------------------------------------------------------
 # train
@@ -185,17 +186,23 @@ def sampler_options(args, sampler: str) -> dict:
 
 
 def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str = "uniform",
-             trajectory_every: int | None = None, denoise: bool = True, options: dict | None = None):
+             trajectory_every: int | None = None, denoise: bool = True, options: dict | None = None,
+             precision: str = "fp32"):
     """n samples in model units, and optionally every ``trajectory_every``-th state of the reverse process.
-    ``options`` go to the sampler (``variance``, ``eta``, ``snr``, ``corrector_steps``, ``rtol``, ``atol``)."""
+    ``options`` go to the sampler (``variance``, ``eta``, ``snr``, ``corrector_steps``, ``rtol``, ``atol``).
+    ``precision="bf16"`` evaluates the network under bfloat16 autocast (its output back in float32); the
+    sampler's own arithmetic stays in float32."""
     generator = torch.Generator().manual_seed(seed)
     frames = []
+    model = run.model
+    if precision == "bf16":
+        model = Autocast(model, next(model.parameters()).device.type, torch.bfloat16)
 
     def keep(k, t, x):
         if trajectory_every and (k % trajectory_every == 0 or float(t) == 0.0):
             frames.append(x.detach().clone())
 
-    x, nfe = draw(run.model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
+    x, nfe = draw(model, run.process, sampler, steps, shape=(n, *run.dataset.shape), prediction=run.prediction,
                   generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise,
                   return_nfe=True, **(options or {}))
     if not torch.isfinite(x).all():
@@ -238,12 +245,12 @@ def sample(args) -> int:
     t0 = time.perf_counter()
     x, frames, nfe = generate(run, args.n, sampler, steps, args.seed, grid,
                               trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise,
-                              options=options)
+                              options=options, precision=args.precision)
     write_samples(run, x, out)
     if traj:
         write_trajectory(run, frames, traj)
     print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
-          + f" ({sampler}, {steps} steps, {nfe} model evaluations, {time.perf_counter() - t0:.1f} s)")
+          + f" ({sampler}, {steps} steps, {nfe} model evaluations, {args.precision}, {time.perf_counter() - t0:.1f} s)")
     return 0
 
 
@@ -415,7 +422,7 @@ def _as_unit_images(run, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate_fid(run, spec: str, n: int | None, sampler: str, steps: int, grid: str, seed: int,
-                 batch_size: int) -> dict:
+                 batch_size: int, precision: str = "fp32") -> dict:
     """FID of ``n`` samples from the run (in batches of ``batch_size``, seeded seed, seed+1, …) to the test split."""
     from .evaluation import fid as fid_lib
 
@@ -431,12 +438,13 @@ def evaluate_fid(run, spec: str, n: int | None, sampler: str, steps: int, grid: 
         raise UserError("FID needs at least 2 samples: pass --n 2 or more")
     parts, nfe = [], 0
     for k, start in enumerate(range(0, n, batch_size)):
-        x, _, nfe = generate(run, min(batch_size, n - start), sampler, steps, seed + k, grid)
+        x, _, nfe = generate(run, min(batch_size, n - start), sampler, steps, seed + k, grid, precision=precision)
         parts.append(_as_unit_images(run, x))
     generated = fid_lib.inception_features(torch.cat(parts))
     score = fid_lib.frechet_distance_from_features(generated, fid_lib.inception_features(reference, cache=True))
     return {"metric": "fid", "fid": score, "n_generated": n,
-            "n_reference": len(reference), "sampler": sampler, "steps": steps, "grid": grid, "nfe": nfe}
+            "n_reference": len(reference), "sampler": sampler, "steps": steps, "grid": grid, "nfe": nfe,
+            "precision": precision}
 
 
 def eval(args) -> int:  # noqa: A001 - the command's name
@@ -444,8 +452,11 @@ def eval(args) -> int:  # noqa: A001 - the command's name
     run = runs.load_run(args.run_dir)
     if args.metric == "fid":
         print(json.dumps(evaluate_fid(run, args.data, args.n, args.sampler, args.steps, args.grid, args.seed,
-                                      args.batch_size)))
+                                      args.batch_size, args.precision)))
         return 0
+    if args.precision != "fp32":
+        raise UserError("--precision applies to sampling (eval --metric fid, sample); bits/dim are always "
+                        "computed in float32: drop --precision")
     x = _test_data(run, args.data, args.n)
     result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance,
                           ode)
