@@ -80,7 +80,7 @@ from diffusionlab.evaluation import save_image_grid
 from diffusionlab.evaluation import fid as fid_lib
 from diffusionlab.nets import count_parameters
 from diffusionlab.training import train as run_training
-from diffusionlab.training.trainer import Autocast
+from diffusionlab.precision import with_precision
 
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.7
@@ -184,7 +184,7 @@ def sample_diffusionlab(run, sampler: str, cfg: dict) -> tuple[torch.Tensor, int
     for k, start in enumerate(range(0, cfg["n"], cfg["sample_batch"])):
         m = min(cfg["sample_batch"], cfg["n"] - start)
         g = torch.Generator().manual_seed(cfg["seed"] + 1000 + k)
-        model = Autocast(run.model, "cpu", torch.bfloat16) if cfg["bf16"] else run.model
+        model = with_precision(run.model, "bf16" if cfg["bf16"] else "fp32")
         x, nfe = dl.sample(model, run.process, sampler, steps=cfg["steps"], shape=(m, *run.dataset.shape),
                            prediction=run.prediction, generator=g, grid="logsnr", return_nfe=True)
         parts.append(to_unit_images(x))

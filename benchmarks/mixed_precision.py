@@ -54,6 +54,7 @@ from diffusionlab import run as runs
 from diffusionlab.nets import count_parameters
 from diffusionlab.objectives import negative_elbo
 from diffusionlab.parametrization import Denoiser
+from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training import TrainConfig
 from diffusionlab.training import train as run_training
 
@@ -69,7 +70,6 @@ def _fid_mnist():
 
 
 FID = _fid_mnist()
-PRECISIONS = ("fp32", "bf16")
 CONTROL = "fp32_seed1"  # float32 again with the next seed: how far two runs differ anyway
 RUNS = {"fp32": ("fp32", 0), "bf16": ("bf16", 0), CONTROL: ("fp32", 1)}
 FULL = {
@@ -270,11 +270,10 @@ def sampling(run_dir: Path, cfg: dict, out: Path | None, log=print) -> dict:
     """bf16 against float32 for sampling a trained run: time per batch of ``n`` (interleaved rounds) and RMS
     distances, per pixel in model units, of each output to the exact PF-ODE solution of the same noise."""
     from diffusionlab.samplers import exact_solution
-    from diffusionlab.training.trainer import Autocast
 
     cfg = {**SAMPLING, **cfg}
     run = runs.load_run(run_dir)
-    models = {"fp32": run.model, "bf16": Autocast(run.model, "cpu", torch.bfloat16)}
+    models = {p: with_precision(run.model, p) for p in PRECISIONS}
     x_T = torch.randn((cfg["n"], *run.dataset.shape), generator=torch.Generator().manual_seed(cfg["seed"]))
     started = time.perf_counter()
     with torch.no_grad():

@@ -31,7 +31,7 @@ from diffusionlab.training import (
     train,
 )
 from diffusionlab.training import checkpoint as checkpoint_module
-from diffusionlab.training.trainer import Autocast
+from diffusionlab.precision import Autocast
 
 DIM = 4
 DATA = torch.randn(64, DIM, generator=torch.Generator().manual_seed(1))

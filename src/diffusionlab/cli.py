@@ -17,7 +17,7 @@ from .grids import GRIDS
 from .processes import PROCESSES
 from .samplers import SAMPLERS
 from .samplers.tuning import DETERMINISTIC, OBJECTIVES
-from .training.trainer import PRECISIONS
+from .precision import PRECISIONS
 
 EXIT_USER_ERROR = 2
 

@@ -28,7 +28,7 @@ from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
-from .training.trainer import Autocast
+from .precision import with_precision
 
 # --------------------------------------------------------------------------------------------------
 # train
@@ -194,9 +194,7 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
     sampler's own arithmetic stays in float32."""
     generator = torch.Generator().manual_seed(seed)
     frames = []
-    model = run.model
-    if precision == "bf16":
-        model = Autocast(model, next(model.parameters()).device.type, torch.bfloat16)
+    model = with_precision(run.model, precision)
 
     def keep(k, t, x):
         if trajectory_every and (k % trajectory_every == 0 or float(t) == 0.0):

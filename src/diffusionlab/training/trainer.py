@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from diffusionlab.errors import UserError
+from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training.checkpoint import (
     Checkpoint,
     atomic_write_bytes,
@@ -54,7 +55,6 @@ LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor
 # interval, threads and device do not).
 _TRAJECTORY_FIELDS = ("batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "ema_decay", "seed",
                       "precision")
-PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(kw_only=True)
@@ -463,9 +463,7 @@ class _Trainer:
         if self.dist.world_size > 1:
             device_ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
-        if self.config.precision == "bf16":
-            model = Autocast(model, self.dist.device.type, torch.bfloat16)
-        return model
+        return with_precision(model, self.config.precision, self.dist.device.type)
 
     def _guarded_step(self, training_model: torch.nn.Module) -> tuple[float, float]:
         try:
@@ -539,34 +537,6 @@ class _Trainer:
 
 
 # ------------------------------------------------------------------------------------------- helpers
-
-
-class Autocast(torch.nn.Module):
-    """``module`` run under ``torch.autocast(device_type, dtype)``, its low-precision outputs cast to float32.
-
-    The cast back means that whatever the caller computes from the output (a loss, a parametrization change)
-    is done in float32, as in ``accelerate``'s mixed precision. Holds no parameters of its own: save
-    ``module``, not this wrapper.
-    """
-
-    def __init__(self, module: torch.nn.Module, device_type: str, dtype: torch.dtype):
-        super().__init__()
-        self.module, self.device_type, self.dtype = module, device_type, dtype
-
-    def forward(self, *args, **kwargs):
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.module(*args, **kwargs)
-        return _to_float32(out, self.dtype)
-
-
-def _to_float32(value: Any, dtype: torch.dtype) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.float() if value.dtype == dtype else value
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_float32(v, dtype) for v in value)
-    if isinstance(value, dict):
-        return {key: _to_float32(v, dtype) for key, v in value.items()}
-    return value
 
 
 def _has_state(loss_fn: Any) -> bool:
