@@ -5,9 +5,28 @@ thread: two OpenMP threads per worker on two cores would oversubscribe the machi
 one thread is faster anyway.
 """
 
+import importlib.util
 import os
+from pathlib import Path
 
+import pytest
 import torch
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by subprocesses (torchrun ranks, the CLI)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark("name")`` imports ``benchmarks/name.py`` (the benchmarks are scripts, not a package)."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

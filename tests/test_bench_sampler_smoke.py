@@ -4,22 +4,16 @@ Checks that every promised output is written and that the figures the README quo
 runs: targets from the rows, finite errors, and the fitted grid beating the log-SNR grid it starts from.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("diffusers")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "sampler_accuracy.py"
 
-
-def test_sampler_accuracy_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("sampler_accuracy", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_sampler_accuracy_smoke(tmp_path, load_benchmark):
+    bench = load_benchmark("sampler_accuracy")
     dl_methods = [m for m in bench.DL_METHODS if m[0] in ("unipc", "ancestral")]
     hf_methods = [m for m in bench.DIFFUSERS_METHODS if m[1] in ("UniPCMultistepScheduler", "DDPMScheduler")]
     res = bench.main(n=96, nfes=(5, 10), out_dir=tmp_path, dl_methods=dl_methods, diffusers_methods=hf_methods,
@@ -63,10 +57,8 @@ def test_sampler_accuracy_smoke(tmp_path):
     assert "## Targets" in (tmp_path / "sampler_accuracy.md").read_text()
 
 
-def test_merge_combines_beds_and_recomputes_the_targets(tmp_path):
-    spec = importlib.util.spec_from_file_location("sampler_accuracy", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_merge_combines_beds_and_recomputes_the_targets(tmp_path, load_benchmark):
+    bench = load_benchmark("sampler_accuracy")
     dl_methods = [m for m in bench.DL_METHODS if m[0] == "dpmpp_2m"]
     hf_methods = [m for m in bench.DIFFUSERS_METHODS if m[1] == "DDIMScheduler"]
     common = dict(n=64, nfes=(5, 10), dl_methods=dl_methods, diffusers_methods=hf_methods, n_proj=16, fitted=(),

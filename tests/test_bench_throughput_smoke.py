@@ -5,10 +5,8 @@ ratios are the ones the timings give, and the two networks really have (nearly) 
 recounted here from the configurations written to the JSON.
 """
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,6 @@ from diffusionlab.nets import build_network, count_parameters
 
 diffusers = pytest.importorskip("diffusers")
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 
 TINY = {
     "shapes": [[1, 8, 8], [3, 8, 8]],
@@ -36,11 +33,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("train_throughput")
 
 
 def _positive(x):

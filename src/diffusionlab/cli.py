@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distribution of t (logsnr: for the likelihood weighting; importance: ELBO loss)")
     t.add_argument("--precision", choices=list(PRECISIONS),
                    help="bf16: the network in bfloat16 mixed precision (weights, optimizer and loss stay float32); "
-                        "faster on GPUs and CPUs with AMX / AVX512-BF16, slower on others (default fp32)")
+                        "for hardware with native bfloat16 (CPUs with AMX / AVX512-BF16, recent GPUs); slower where it "
+                        "is emulated (default fp32)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
