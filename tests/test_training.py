@@ -283,6 +283,7 @@ def test_ema_warns_when_training_is_shorter_than_its_horizon():
     assert "1000" in ema.warn_if_short(500) and "0.998" in ema.warn_if_short(500)
     assert ema.warn_if_short(5000) is None
     assert EMA(make_model(), decay=0.9).warn_if_short(10) is None
+    assert "set ema_decay to 0 (no averaging)" in EMA(make_model(), decay=0.5).warn_if_short(1)
 
 
 def test_linear_warmup_lr():

@@ -81,6 +81,7 @@ class EMA:
         horizon = 1.0 / (1.0 - self.decay)
         if total_steps >= round(horizon, 9):  # round: 1 / (1 - 0.9) is 10.000000000000002
             return None
+        fix = ("set ema_decay to 0 (no averaging)" if total_steps <= 1
+               else f"lower ema_decay (to at most {1.0 - 1.0 / total_steps:.4g})")
         return (f"ema_decay={self.decay} averages over about {horizon:.0f} steps but training runs {total_steps}; "
-                f"the EMA weights may still hold the random initialisation: lower ema_decay (to at most "
-                f"{1.0 - 1.0 / max(total_steps, 1):.4g}) or train longer")
+                f"the EMA weights may still hold the random initialisation: {fix} or train longer")
