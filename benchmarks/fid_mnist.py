@@ -382,7 +382,7 @@ def render_markdown(results: dict) -> str:
              "|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for lib, e in results["libraries"].items():
         for name, s in e["samplers"].items():
-            best = " **(best)**" if name == e["best_sampler"] else ""
+            best = " **(best)**" if name == e["best_sampler"] and len(e["samplers"]) > 1 else ""
             lines.append(f"| {lib} | {e['params']:,} | {e['steps']} | {e['train_s']:.0f} | {e['steps_per_s']:.2f} | "
                          f"{name}{best} | {s['nfe']} | {s['fid']:.2f} | {s['sample_s']:.0f} |")
     lines += ["", f"Ratio FID(diffusionlab) / FID(diffusers) = {t['ratio']:.3f} (target ≤ {t['target_ratio']}): "

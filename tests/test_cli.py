@@ -121,12 +121,19 @@ def _bad_inputs(tmp_path, trained_run):
                                        "--out", tmp_path / "x.npy"], ["--eta", "ancestral"]),
         "ODE option for the ELBO": (["eval", trained_run, "--data", "moons", "--probe", "gaussian"],
                                     ["--probe", "--method ode"]),
+        "churn for DDIM": (["sample", trained_run, "--sampler", "ddim", "--S-churn", "5", "--n", 4,
+                            "--out", tmp_path / "x.npy"], ["--S-churn", "ddim", "--eta"]),
+        "eta above 1": (["sample", trained_run, "--sampler", "ddim", "--eta", "1.5", "--n", 4,
+                         "--out", tmp_path / "x.npy"], ["eta", "[0, 1]", "1.5"]),
+        "empty churn window": (["sample", trained_run, "--sampler", "edm_heun", "--S-churn", "5", "--S-tmin", "3",
+                                "--S-tmax", "1", "--n", 4, "--out", tmp_path / "x.npy"], ["S_tmin", "S_tmax"]),
     }
 
 
 @pytest.mark.parametrize("case", ["unknown dataset", "missing path", "wrong shape", "NaN in data",
                                   "truncated checkpoint", "missing run", "unknown sampler", "bad output type",
-                                  "negative steps", "option of another sampler", "ODE option for the ELBO"])
+                                  "negative steps", "option of another sampler", "ODE option for the ELBO",
+                                  "churn for DDIM", "eta above 1", "empty churn window"])
 def test_bad_input_gives_one_line_error(case, tmp_path, capsys, moons_run):
     args, fragments = _bad_inputs(tmp_path, moons_run / "run")[case]
     code, _, err = run_cli(capsys, *args)
@@ -155,13 +162,17 @@ SAMPLER_OPTION_CASES = [
     ("ancestral", ["--variance", "large"], {"variance": "large"}),
     ("ddim", ["--eta", "1"], {"eta": 1.0}),
     ("predictor_corrector", ["--snr", "0.3", "--corrector-steps", "2"], {"snr": 0.3, "corrector_steps": 2}),
+    ("edm_heun", ["--S-churn", "5", "--S-noise", "1.003", "--S-tmin", "0.05", "--S-tmax", "50"],
+     {"S_churn": 5.0, "S_noise": 1.003, "S_tmin": 0.05, "S_tmax": 50.0}),
+    ("unipc", ["--order", "3", "--variant", "bh1", "--no-corrector"], {"order": 3, "variant": "bh1", "corrector": False}),
+    ("dpmpp_3m", ["--no-lower-order-final"], {"lower_order_final": False}),
 ]
 
 
 @pytest.mark.parametrize("sampler, flags, options", SAMPLER_OPTION_CASES,
                          ids=[f"{c[0]}{''.join(c[1][::2])}" for c in SAMPLER_OPTION_CASES])
 def test_sample_passes_sampler_options_through(sampler, flags, options, moons_run, tmp_path, capsys):
-    """`sample --sampler S [--rtol/--atol/--variance/--eta/--snr/--corrector-steps]` writes exactly what
+    """`sample --sampler S [--rtol/--atol/--variance/--eta/--snr/--corrector-steps/--S-churn/--order/…]` writes what
     dl.sample(..., S, **options) draws with the same seed; an option changes the result (so it arrived)."""
     out = tmp_path / "x.npy"
     code, stdout, _ = run_cli(capsys, "sample", moons_run / "run", "--n", 64, "--out", out, "--sampler", sampler,

@@ -125,6 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predictor_corrector: Langevin steps per grid time (default 1)")
     o.add_argument("--rtol", default=given, type=_positive_float, help="ode_rk45: relative tolerance (default 1e-5)")
     o.add_argument("--atol", default=given, type=_positive_float, help="ode_rk45: absolute tolerance (default 1e-5)")
+    o.add_argument("--S-churn", dest="S_churn", default=given, type=_nonnegative_float,
+                   help="edm_heun: churn S_churn, total noise added back along the way (default 0: deterministic Heun)")
+    o.add_argument("--S-tmin", dest="S_tmin", default=given, type=_nonnegative_float,
+                   help="edm_heun: churn only where σ/α >= S_tmin (default 0)")
+    o.add_argument("--S-tmax", dest="S_tmax", default=given, type=_nonnegative_float,
+                   help="edm_heun: churn only where σ/α <= S_tmax (default inf)")
+    o.add_argument("--S-noise", dest="S_noise", default=given, type=_nonnegative_float,
+                   help="edm_heun: scale of the added noise S_noise (default 1)")
+    o.add_argument("--order", default=given, type=int, choices=[1, 2, 3], help="unipc: order (default 2)")
+    o.add_argument("--variant", default=given, choices=["bh1", "bh2"],
+                   help="unipc: B(h) = h (bh1) or e^h − 1 (bh2, the default)")
+    o.add_argument("--corrector", default=given, action=argparse.BooleanOptionalAction,
+                   help="unipc: apply the UniC corrector (default: yes)")
+    o.add_argument("--lower-order-final", default=given, action=argparse.BooleanOptionalAction,
+                   help="dpmpp_*, unipc: lower the order on the last steps (default: yes)")
 
     f = sub.add_parser("fit-sampler", formatter_class=fmt,
                        help="fit a fast deterministic sampler (grid and coefficients) to a trained run")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import math
 import os
@@ -23,7 +22,8 @@ from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log
 from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
-from .samplers import exact_solution, fit_multistep, get_sampler, optimize_grid
+from .samplers import exact_solution, fit_multistep, optimize_grid
+from .samplers import sampler_options as options_of
 from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
@@ -160,7 +160,8 @@ def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)  # float images are scaled to [−1, 1] by min/max
 
 
-SAMPLER_OPTIONS = ("variance", "eta", "snr", "corrector_steps", "rtol", "atol")
+SAMPLER_OPTIONS = ("variance", "eta", "snr", "corrector_steps", "rtol", "atol", "S_churn", "S_tmin", "S_tmax",
+                   "S_noise", "order", "variant", "corrector", "lower_order_final")
 
 
 def given_options(args, names) -> dict:
@@ -169,15 +170,14 @@ def given_options(args, names) -> dict:
 
 
 def flags(names) -> str:
-    """``corrector_steps`` → ``--corrector-steps``, comma-separated."""
+    """``corrector_steps`` → ``--corrector-steps``, comma-separated (a boolean option also has ``--no-…``)."""
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 
 def sampler_options(args, sampler: str) -> dict:
     """The sampler options given on the command line (``--eta`` …), checked against what ``sampler`` takes."""
     options = given_options(args, SAMPLER_OPTIONS)
-    accepted = [name for name, p in inspect.signature(get_sampler(sampler)).parameters.items()
-                if p.kind is inspect.Parameter.KEYWORD_ONLY and name in SAMPLER_OPTIONS]
+    accepted = [name for name in options_of(sampler) if name in SAMPLER_OPTIONS]
     unknown = [name for name in options if name not in accepted]
     if unknown:
         raise UserError(f"{flags(unknown)} does not apply to the {sampler} sampler (its options: "

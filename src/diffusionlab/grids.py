@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import UserError
+from .errors import UserError, check_count
 
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 
@@ -40,11 +40,22 @@ def _strictly_decreasing(idx: Tensor, top: int) -> Tensor:
     return idx
 
 
-def explicit_grid(grid, min_points: int = 1, who: str = "an explicit grid") -> Tensor:
-    """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing."""
-    grid = torch.as_tensor(grid, dtype=torch.float64)
-    if grid.ndim != 1 or len(grid) < min_points or (len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
+def explicit_grid(grid, min_points: int = 1, who: str = "an explicit grid", process=None) -> Tensor:
+    """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing, and,
+    given ``process``, within (0, t_max]: every sampler divides by σ(t) somewhere, so a grid ends at t > 0
+    (``sample``'s final denoising step takes t_min to t = 0), and the process is not defined past t_max."""
+    try:
+        grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise UserError(f"{who} must be a 1-D tensor of times, got {type(grid).__name__}") from None
+    if grid.ndim != 1 or len(grid) < min_points or not bool(torch.isfinite(grid).all()) or (
+            len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
         raise UserError(f"{who} must be a 1-D tensor of at least {min_points} strictly decreasing times")
+    if process is not None:
+        t_max = float(process.t_max)
+        if float(grid[-1]) <= 0 or float(grid[0]) > t_max * (1 + 1e-12):
+            raise UserError(f"{who} must lie in (0, t_max = {t_max:g}] (it ends at t > 0: the final denoising step "
+                            f"goes to t = 0), got times from {float(grid[0]):g} down to {float(grid[-1]):g}")
     return grid
 
 
@@ -52,9 +63,7 @@ def time_grid(process, steps: int, kind: str = "uniform", rho: float = 7.0) -> T
     """The K = ``steps`` sampling times of ``process`` from t_max down to t_min (see module docstring)."""
     if kind not in GRIDS:
         raise UserError(f"unknown time grid {kind!r}: choose one of {', '.join(GRIDS)}")
-    steps = int(steps)
-    if steps < 1:
-        raise UserError(f"steps must be at least 1, got {steps}")
+    steps = check_count("steps", steps, 1)
     if process.discrete and steps > process.T:
         raise UserError(f"steps={steps} exceeds the {process.T} steps this DDPM was trained with")
     t_min, t_max = float(process.t_min), float(process.t_max)

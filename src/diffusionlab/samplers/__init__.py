@@ -25,13 +25,15 @@ The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``samp
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from .._tensor import as_time
-from ..errors import UserError
+from ..errors import UserError, check_count
 from ..grids import explicit_grid, time_grid
 from ..parametrization import Denoiser
 from .ancestral import ancestral, ddim
@@ -71,6 +73,12 @@ def get_sampler(name: str) -> Callable:
     return SAMPLERS[name]
 
 
+def sampler_options(name: str) -> list[str]:
+    """The keyword options the sampler ``name`` takes, besides ``generator`` and ``callback``."""
+    return [option for option, p in inspect.signature(get_sampler(name)).parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and option not in ("generator", "callback")]
+
+
 @torch.no_grad()
 def sample(model, process, sampler: str = "ancestral", steps: int | None = None, shape=None, *,
            prediction: str = "eps", generator: torch.Generator | None = None, x_T: Tensor | None = None,
@@ -91,14 +99,32 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     return_nfe  also return the number of model evaluations
     """
     step_fn = get_sampler(sampler)
+    accepted = sampler_options(sampler)
+    unknown = [name for name in options if name not in accepted]
+    if unknown:
+        raise UserError(f"the {sampler} sampler takes no option {', '.join(unknown)} "
+                        f"(its options: {', '.join(accepted) or 'none'})")
     if x_T is None:
         if shape is None:
             raise UserError("give either shape=(n, ...) or the starting noise x_T")
-        x_T = process.prior_sample(tuple(shape), generator, dtype=dtype, device=device)
+        shape = tuple(shape)
+        if not shape:
+            raise UserError("shape must be (n, ...) with n >= 1 samples, got ()")
+        check_count("the number of samples n = shape[0]", shape[0], 1)
+        x_T = process.prior_sample(shape, generator, dtype=dtype, device=device)
+    elif not (isinstance(x_T, Tensor) and x_T.is_floating_point() and x_T.ndim >= 1 and len(x_T) >= 1):
+        raise UserError("x_T must be a floating-point tensor of shape (n, ...) with n >= 1 "
+                        f"(got {type(x_T).__name__} {getattr(x_T, 'dtype', '')} {tuple(getattr(x_T, 'shape', ()))})")
     if isinstance(grid, str):
         grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
     else:
-        grid = explicit_grid(grid)
+        grid = explicit_grid(grid, process=process)
+        if steps is not None and check_count("steps", steps, 1) != len(grid):
+            raise UserError(f"steps={steps} disagrees with the explicit grid of {len(grid)} times: give one of them")
+    if len(grid) == 1:
+        warnings.warn(f"a grid of 1 time makes no {sampler} step: the result is "
+                      + ("the model's one-call estimate E[x0 | x_T], close to the data mean, not a sample"
+                         if denoise else "x_T itself") + "; use steps >= 2", stacklevel=3)
     denoiser = Denoiser(model, process, prediction)
     if callback is not None:
         callback(0, grid[0], x_T)
@@ -110,7 +136,7 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     return (x, denoiser.nfe) if return_nfe else x
 
 
-__all__ = ["sample", "samplers", "get_sampler", "SAMPLERS", "optimize_grid", "GridSearchResult", "exact_solution",
-           "fit_multistep", "FittedMultistep", "fitted_multistep", "ancestral", "ddim", "euler_maruyama",
+__all__ = ["sample", "samplers", "get_sampler", "sampler_options", "SAMPLERS", "optimize_grid", "GridSearchResult",
+           "exact_solution", "fit_multistep", "FittedMultistep", "fitted_multistep", "ancestral", "ddim", "euler_maruyama",
            "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
            "unipc", "edm_heun"]

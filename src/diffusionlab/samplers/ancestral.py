@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 from .._tensor import bcast, randn_like
-from ..errors import UserError
+from ..errors import UserError, check_range
 from ..objectives import VARIANCES, reverse_mean_var
 from ._loop import integrate
 
@@ -36,7 +36,9 @@ def ddim(denoiser, process, x, grid, *, generator=None, callback=None, eta: floa
         x_s = α_s x̂₀ + sqrt(σ_s² − c²) ε̂ + c z,   c² = η² σ̃²(s, t)  (σ̃² the posterior variance).
 
     η = 0 is deterministic (a first-order solver of the probability-flow ODE in λ); η = 1 is ancestral
-    sampling with the posterior variance. NFE = steps − 1 (+1 for the final denoising step)."""
+    sampling with the posterior variance; η ∈ [0, 1] (beyond 1, c² would exceed σ_s² on fine grids).
+    NFE = steps − 1 (+1 for the final denoising step)."""
+    eta = check_range("DDIM eta", eta, 0.0, 1.0)
 
     def step(x, t, s):
         d = denoiser(x, t)

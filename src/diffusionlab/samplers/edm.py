@@ -30,12 +30,19 @@ import math
 import torch
 
 from .._tensor import randn_like
+from ..errors import UserError, check_range
 
 
 def edm_heun(denoiser, process, x, grid, *, generator=None, callback=None, S_churn: float = 0.0,
              S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0):
     """Karras et al. 2022 Algorithm 2 in x̃ = x/α, σ̃ = σ/α (see the module docstring). ``S_churn`` = 0:
     deterministic. NFE = 2(steps − 1) (+1 for the final denoise)."""
+    S_churn = check_range("edm_heun S_churn", S_churn, 0.0)
+    S_noise = check_range("edm_heun S_noise", S_noise, 0.0)
+    S_tmin = check_range("edm_heun S_tmin", S_tmin, 0.0)
+    S_tmax = check_range("edm_heun S_tmax", S_tmax, 0.0)
+    if S_tmin > S_tmax:
+        raise UserError(f"edm_heun S_tmin = {S_tmin:g} exceeds S_tmax = {S_tmax:g}: churn would apply nowhere")
     steps = len(grid)
     t_max = float(process.t_max)
     gamma_max = min(S_churn / steps, math.sqrt(2) - 1) if steps > 0 else 0.0

@@ -1,0 +1,157 @@
+"""`dl.sample`'s inputs: every misuse is a one-line UserError (not a traceback, not a silently wrong result),
+and the stochastic samplers' noise is the one their papers (and diffusers) add, checked draw for draw."""
+
+import warnings
+
+import pytest
+import torch
+
+import diffusionlab as dl
+from diffusionlab.data import GaussianMixture, eps_predictor
+from diffusionlab.errors import UserError
+
+MIX = GaussianMixture.ring()
+DDPM = dl.DDPM(T=1000)
+VP = dl.VPSDE()
+
+
+def _model(process):
+    return eps_predictor(MIX, process.alpha, process.sigma)
+
+
+def _start(process, n=64, seed=0):
+    return process.prior_sample((n, 2), torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _refused(fragments, **kwargs):
+    process = kwargs.pop("process", DDPM)
+    kwargs.setdefault("x_T", _start(process, n=8))
+    with pytest.raises(UserError) as excinfo:
+        dl.sample(_model(process), process, **kwargs)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    missing = [f for f in fragments if f not in message]
+    assert not missing, f"the message does not name {missing}: {message}"
+
+
+@pytest.mark.parametrize("grid, process, fragments", [
+    ([1.0, 0.5, 0.1, 0.0], DDPM, ["(0, t_max = 1]", "down to 0"]),  # σ = 0: DPM-Solver's log-SNR is infinite
+    ([2.0, 0.5, 0.1], DDPM, ["(0, t_max = 1]", "from 2"]),
+    ([1.0, 0.5, -0.1], VP, ["(0, t_max = 1]", "-0.1"]),
+    ([1.0, float("nan"), 0.1], VP, ["strictly decreasing"]),
+])
+def test_an_explicit_grid_outside_the_process_is_refused(grid, process, fragments):
+    for sampler in ("dpmpp_2m", "unipc", "ddim"):
+        _refused(fragments, process=process, sampler=sampler, grid=grid)
+
+
+def test_steps_must_agree_with_an_explicit_grid_and_be_a_whole_number():
+    grid = dl.time_grid(DDPM, 5, "logsnr")
+    _refused(["steps=10", "5 times"], sampler="dpmpp_2m", steps=10, grid=grid)
+    x, nfe = dl.sample(_model(DDPM), DDPM, "dpmpp_2m", 5, x_T=_start(DDPM, 8), grid=grid, return_nfe=True)
+    assert nfe == 5
+    for steps in (2.5, 0, -3, True, "10"):
+        _refused(["steps", "integer"], sampler="ddim", steps=steps)
+
+
+@pytest.mark.parametrize("sampler, options, fragments", [
+    ("ddim", {"eta": -1.0}, ["DDIM eta", "[0, 1]"]),
+    ("ddim", {"eta": float("nan")}, ["DDIM eta", "nan"]),
+    ("ddim", {"eta": 5.0}, ["DDIM eta", "5"]),
+    ("edm_heun", {"S_churn": -5.0}, ["S_churn", "-5"]),
+    ("edm_heun", {"S_churn": float("nan")}, ["S_churn"]),
+    ("edm_heun", {"S_noise": -1.0}, ["S_noise"]),
+    ("edm_heun", {"S_tmin": 2.0, "S_tmax": 1.0}, ["S_tmin = 2", "S_tmax = 1"]),
+    ("predictor_corrector", {"snr": 0.0}, ["snr", "(0, inf]"]),
+    ("predictor_corrector", {"corrector_steps": 1.5}, ["corrector_steps", "integer"]),
+    ("ode_rk45", {"rtol": -1e-3}, ["rtol"]),
+    ("ddim", {"S_churn": 10.0}, ["ddim", "S_churn", "its options: eta"]),
+    ("unipc", {"eta": 0.5}, ["unipc", "eta", "order"]),
+    ("dpmpp_2m", {"order": 3}, ["dpmpp_2m", "order", "lower_order_final"]),
+    ("ode_euler", {"rtol": 1e-3}, ["ode_euler", "rtol", "its options: none"]),
+])
+def test_a_bad_or_misplaced_sampler_option_is_refused(sampler, options, fragments):
+    _refused(fragments, process=VP, sampler=sampler, steps=6, **options)
+
+
+def test_bad_shapes_and_starting_noise_are_refused():
+    _refused(["shape[0]", "0"], sampler="unipc", steps=10, shape=(0, 2), x_T=None)
+    _refused(["shape"], sampler="unipc", steps=10, shape=(), x_T=None)
+    _refused(["floating-point", "torch.int64"], sampler="unipc", steps=10, x_T=torch.zeros(4, 2, dtype=torch.long))
+    _refused(["floating-point"], sampler="unipc", steps=10, x_T=[[0.0, 1.0]])
+
+
+def test_a_one_point_grid_warns_that_it_returns_the_posterior_mean():
+    x_T = _start(DDPM, n=256)
+    with pytest.warns(UserWarning, match="makes no unipc step.*E\\[x0 \\| x_T\\]"):
+        x = dl.sample(_model(DDPM), DDPM, "unipc", 1, x_T=x_T)
+    # what the warning says: one call of the exact denoiser at t_max, which is close to the data mean
+    den = dl.Denoiser(_model(DDPM), DDPM)(x_T, torch.ones(256, dtype=torch.float64)).x0
+    torch.testing.assert_close(x, den, atol=0, rtol=0)
+    assert float(x.std()) < 0.1 * float(MIX.sample(256, torch.Generator().manual_seed(1))[0].std())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dl.sample(_model(DDPM), DDPM, "unipc", 2, x_T=x_T)  # two points: a real step, no warning
+
+
+# --- the noise of the stochastic samplers, draw for draw -------------------------------------------------------
+def _diffusers_with_noise(scheduler, process, x_T, steps, seed, **step_kwargs):
+    """Run a diffusers scheduler with our exact ε and the noise our samplers draw (one randn per step, in the
+    generator's order), so that both sides add the same z."""
+    scheduler.alphas_cumprod = process.alpha_bars[1:].clone().to(scheduler.alphas_cumprod.dtype)
+    scheduler.set_timesteps(steps)
+    g = torch.Generator().manual_seed(seed)
+    model, x = _model(process), x_T.clone()
+    for k in scheduler.timesteps:
+        t = torch.full((x.shape[0],), (int(k) + 1) / process.T, dtype=torch.float64)
+        z = torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x = scheduler.step(model(x, t), k, x, variance_noise=z, **step_kwargs).prev_sample
+    return x.to(torch.float64), (scheduler.timesteps.to(torch.float64) + 1) / process.T
+
+
+@pytest.mark.parametrize("eta", [0.3, 1.0])
+def test_stochastic_ddim_matches_diffusers_draw_for_draw(eta):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DDIMScheduler(timestep_spacing="trailing", set_alpha_to_one=True, clip_sample=False)
+    x_T = _start(DDPM)
+    expected, grid = _diffusers_with_noise(scheduler, DDPM, x_T, 10, seed=7, eta=eta)
+    x = dl.sample(_model(DDPM), DDPM, "ddim", x_T=x_T, grid=grid, eta=eta, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(x, expected, atol=5e-6, rtol=0)
+    assert (x - dl.sample(_model(DDPM), DDPM, "ddim", x_T=x_T, grid=grid)).abs().max() > 1e-2  # the noise arrived
+
+
+def test_ddim_with_eta_one_is_ancestral_sampling():
+    x_T = _start(DDPM)
+    for steps in (10, 50):
+        a = dl.sample(_model(DDPM), DDPM, "ddim", steps, x_T=x_T, eta=1.0, generator=torch.Generator().manual_seed(3))
+        b = dl.sample(_model(DDPM), DDPM, "ancestral", steps, x_T=x_T, generator=torch.Generator().manual_seed(3))
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("steps", [5, 10, 20])
+def test_sde_dpm_solver_matches_diffusers_draw_for_draw(steps):
+    diffusers = pytest.importorskip("diffusers")
+    scheduler = diffusers.DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++", solver_order=2)
+    x_T = _start(DDPM)
+    expected, grid = _diffusers_with_noise(scheduler, DDPM, x_T, steps, seed=5)
+    x, nfe = dl.sample(_model(DDPM), DDPM, "dpmpp_2m_sde", x_T=x_T, grid=grid, return_nfe=True,
+                       generator=torch.Generator().manual_seed(5))
+    assert nfe == steps
+    torch.testing.assert_close(x, expected, atol=1e-5, rtol=0)
+
+
+def test_edm_churn_keeps_the_marginals_and_its_noise_scale_matters():
+    """Algorithm 2's churn adds noise to go up from σ̃_i to σ̂ and the Heun step comes back down: with the exact
+    score it samples the data (cross-entropy gap → 0 as steps grow), and scaling the added noise by S_noise ≠ 1
+    visibly breaks that, so the test would see a wrong noise level."""
+    model, n = _model(VP), 8000
+    entropy = float(-MIX.log_prob(MIX.sample(200_000, torch.Generator().manual_seed(2))[0]).mean())
+
+    def gap(**options):
+        x = dl.sample(model, VP, "edm_heun", 200, shape=(n, 2), dtype=torch.float64, grid="karras",
+                      generator=torch.Generator().manual_seed(1), **options)
+        return float(-MIX.log_prob(x).mean()) - entropy
+
+    assert abs(gap(S_churn=40.0)) < 0.06
+    assert gap(S_churn=40.0, S_noise=0.9) < -0.1
+    assert gap(S_churn=40.0, S_noise=1.1) > 0.1
