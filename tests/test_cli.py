@@ -172,8 +172,8 @@ SAMPLER_OPTION_CASES = [
 @pytest.mark.parametrize("sampler, flags, options", SAMPLER_OPTION_CASES,
                          ids=[f"{c[0]}{''.join(c[1][::2])}" for c in SAMPLER_OPTION_CASES])
 def test_sample_passes_sampler_options_through(sampler, flags, options, moons_run, tmp_path, capsys):
-    """`sample --sampler S [--rtol/--atol/--variance/--eta/--snr/--corrector-steps/--S-churn/--order/…]` writes what
-    dl.sample(..., S, **options) draws with the same seed; an option changes the result (so it arrived)."""
+    """`sample --sampler S [--rtol/--atol/--variance/--eta/--snr/--corrector-steps/--S-churn/--order/…]` writes
+    what dl.sample(..., S, **options) draws with the same seed; an option changes the result (so it arrived)."""
     out = tmp_path / "x.npy"
     code, stdout, _ = run_cli(capsys, "sample", moons_run / "run", "--n", 64, "--out", out, "--sampler", sampler,
                               "--steps", 12, "--seed", 3, *flags)

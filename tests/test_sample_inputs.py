@@ -45,6 +45,11 @@ def test_an_explicit_grid_outside_the_process_is_refused(grid, process, fragment
         _refused(fragments, process=process, sampler=sampler, grid=grid)
 
 
+def test_fit_multistep_checks_its_grid_the_same_way():
+    with pytest.raises(UserError, match=r"fit_multistep's grid must lie in \(0, t_max = 1\]"):
+        dl.fit_multistep(_model(DDPM), DDPM, [1.0, 0.5, 0.0], _start(DDPM, 8))
+
+
 def test_steps_must_agree_with_an_explicit_grid_and_be_a_whole_number():
     grid = dl.time_grid(DDPM, 5, "logsnr")
     _refused(["steps=10", "5 times"], sampler="dpmpp_2m", steps=10, grid=grid)

@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DDPM", "VPSDE", "SubVPSDE", "VESDE", "Process", "PROCESSES", "make_process",
-    "sample", "samplers", "sampler_options", "optimize_grid", "fit_multistep", "exact_solution", "log_likelihood", "negative_elbo",
+    "sample", "samplers", "sampler_options", "optimize_grid", "fit_multistep", "exact_solution", "log_likelihood",
+    "negative_elbo",
     "DenoisingLoss", "ELBOLoss",
     "Denoiser", "PREDICTIONS", "to_x0_eps", "from_x0_eps", "time_grid", "GRIDS",
     "probability_flow", "reverse_sde_drift", "bits_per_dim", "dequantize", "discrete_nll_from_density",

@@ -170,7 +170,7 @@ def given_options(args, names) -> dict:
 
 
 def flags(names) -> str:
-    """``corrector_steps`` → ``--corrector-steps``, comma-separated (a boolean option also has ``--no-…``)."""
+    """``corrector_steps`` → ``--corrector-steps``, comma-separated."""
     return ", ".join("--" + name.replace("_", "-") for name in names)
 
 

@@ -40,9 +40,9 @@ def _strictly_decreasing(idx: Tensor, top: int) -> Tensor:
     return idx
 
 
-def explicit_grid(grid, min_points: int = 1, who: str = "an explicit grid", process=None) -> Tensor:
-    """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing, and,
-    given ``process``, within (0, t_max]: every sampler divides by σ(t) somewhere, so a grid ends at t > 0
+def explicit_grid(grid, process, min_points: int = 1, who: str = "an explicit grid") -> Tensor:
+    """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing, and
+    within (0, t_max] of ``process``: every sampler divides by σ(t) somewhere, so a grid ends at t > 0
     (``sample``'s final denoising step takes t_min to t = 0), and the process is not defined past t_max."""
     try:
         grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
@@ -51,11 +51,10 @@ def explicit_grid(grid, min_points: int = 1, who: str = "an explicit grid", proc
     if grid.ndim != 1 or len(grid) < min_points or not bool(torch.isfinite(grid).all()) or (
             len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
         raise UserError(f"{who} must be a 1-D tensor of at least {min_points} strictly decreasing times")
-    if process is not None:
-        t_max = float(process.t_max)
-        if float(grid[-1]) <= 0 or float(grid[0]) > t_max * (1 + 1e-12):
-            raise UserError(f"{who} must lie in (0, t_max = {t_max:g}] (it ends at t > 0: the final denoising step "
-                            f"goes to t = 0), got times from {float(grid[0]):g} down to {float(grid[-1]):g}")
+    t_max = float(process.t_max)
+    if float(grid[-1]) <= 0 or float(grid[0]) > t_max * (1 + 1e-12):
+        raise UserError(f"{who} must lie in (0, t_max = {t_max:g}] (it ends at t > 0: the final denoising step "
+                        f"goes to t = 0), got times from {float(grid[0]):g} down to {float(grid[-1]):g}")
     return grid
 
 

@@ -118,7 +118,7 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     if isinstance(grid, str):
         grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
     else:
-        grid = explicit_grid(grid, process=process)
+        grid = explicit_grid(grid, process)
         if steps is not None and check_count("steps", steps, 1) != len(grid):
             raise UserError(f"steps={steps} disagrees with the explicit grid of {len(grid)} times: give one of them")
     if len(grid) == 1:
@@ -137,6 +137,6 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
 
 
 __all__ = ["sample", "samplers", "get_sampler", "sampler_options", "SAMPLERS", "optimize_grid", "GridSearchResult",
-           "exact_solution", "fit_multistep", "FittedMultistep", "fitted_multistep", "ancestral", "ddim", "euler_maruyama",
-           "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
+           "exact_solution", "fit_multistep", "FittedMultistep", "fitted_multistep", "ancestral", "ddim",
+           "euler_maruyama", "predictor_corrector", "ode_euler", "ode_heun", "ode_rk45", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde",
            "unipc", "edm_heun"]

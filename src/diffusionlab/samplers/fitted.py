@@ -119,7 +119,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
         if steps is None:
             raise UserError("fit_multistep with a grid kind needs steps=")
         grid = time_grid(process, steps, grid)
-    grid = explicit_grid(grid, 2, "fit_multistep's grid")
+    grid = explicit_grid(grid, process, 2, "fit_multistep's grid")
     if reference is None:
         reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
     denoiser = Denoiser(model, process, prediction)
