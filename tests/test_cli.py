@@ -188,6 +188,21 @@ def test_sample_passes_sampler_options_through(sampler, flags, options, moons_ru
         assert f"{11 * 3 + 1} model evaluations" in stdout
 
 
+def test_every_sampler_option_has_a_flag_and_a_case():
+    """The `sample` flags in cli.py's sampler-options group are exactly commands.SAMPLER_OPTIONS, i.e. every
+    keyword option of every sampler but fitted_multistep's coefficients (set by --solver), and each of them is
+    exercised by a case of test_sample_passes_sampler_options_through."""
+    from diffusionlab.cli import build_parser
+    from diffusionlab.commands import SAMPLER_OPTIONS
+
+    sample = build_parser()._subparsers._group_actions[0].choices["sample"]
+    group = next(g for g in sample._action_groups if g.title.startswith("sampler options"))
+    assert sorted(a.dest for a in group._group_actions) == sorted(SAMPLER_OPTIONS)
+    every = {o for name in dl.samplers() for o in dl.sampler_options(name)}
+    assert every - set(SAMPLER_OPTIONS) == {"coefficients"}
+    assert set(SAMPLER_OPTIONS) == {o for case in SAMPLER_OPTION_CASES for o in case[2]}
+
+
 def test_eval_ode_likelihood_on_a_vector_run(moons_run, capsys):
     """`eval --method ode` on the 2-D run: exact trace by default; with `--trace hutchinson --probe gaussian
     --probes 8` the JSON names the probes and gives their share of the error, within the total standard error

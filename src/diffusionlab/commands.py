@@ -26,6 +26,7 @@ from .samplers import exact_solution, fit_multistep, optimize_grid
 from .samplers import sampler_options as options_of
 from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
+from .samplers import SAMPLERS
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
 from .precision import with_precision
@@ -160,8 +161,11 @@ def _to_unit_range(run, x: torch.Tensor) -> torch.Tensor:
     return ((x + 1) / 2).clamp(0, 1)  # float images are scaled to [−1, 1] by min/max
 
 
-SAMPLER_OPTIONS = ("variance", "eta", "snr", "corrector_steps", "rtol", "atol", "S_churn", "S_tmin", "S_tmax",
-                   "S_noise", "order", "variant", "corrector", "lower_order_final")
+# The sampler options that `sample` takes as flags: every keyword option of every sampler, except
+# fitted_multistep's coefficients, which come from the --solver file. Derived, so that a new sampler option
+# cannot be forgotten here; tests/test_cli.py checks that cli.py defines a flag for each and no other.
+SAMPLER_OPTIONS = tuple(dict.fromkeys(option for name in SAMPLERS for option in options_of(name)
+                                      if option != "coefficients"))
 
 
 def given_options(args, names) -> dict:
