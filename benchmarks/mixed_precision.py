@@ -58,6 +58,8 @@ from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training import TrainConfig
 from diffusionlab.training import train as run_training
 
+from _machine import cpu_flags, cpu_model
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -168,23 +170,8 @@ def summarise(training: dict, quality: dict) -> dict:
     return out
 
 
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f in {"amx_bf16", "amx_tile", "avx512_bf16", "avx512f", "avx2"})
-
-
 def environment() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu,
+    return {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "cpu": cpu_model(),
             "cpu_flags": cpu_flags(), "python": platform.python_version(), "torch": torch.__version__,
             "diffusionlab": dl.__version__}
 

@@ -55,6 +55,8 @@ import torch
 import diffusionlab as dl
 from diffusionlab.nets import build_network, count_parameters
 
+from _machine import cpu_model
+
 HERE = Path(__file__).resolve().parent
 TARGET = 1.25
 TOLERANCE = 0.03
@@ -287,16 +289,6 @@ def bench_shape(shape, cfg, log=print) -> dict:
         f"(rounds {result['ratio_min']:.3f}–{result['ratio_max']:.3f}); "
         f"CPU-time ratio {result['cpu_ratio_median']:.3f}")
     return result
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load_average() -> list[float] | None:

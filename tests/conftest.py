@@ -7,6 +7,7 @@ one thread is faster anyway.
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.fixture(scope="session")
 def load_benchmark():
     """``load_benchmark("name")`` imports ``benchmarks/name.py`` (the benchmarks are scripts, not a package)."""
+
+    if str(BENCHMARKS) not in sys.path:  # their shared helpers (_machine.py), as `python benchmarks/x.py` finds them
+        sys.path.append(str(BENCHMARKS))
 
     def load(name: str):
         spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
