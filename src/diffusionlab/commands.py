@@ -22,11 +22,10 @@ from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log
 from .nets import count_parameters
 from .objectives import negative_elbo
 from .parametrization import Denoiser
-from .samplers import exact_solution, fit_multistep, optimize_grid
+from .samplers import SAMPLERS, exact_solution, fit_multistep, optimize_grid
 from .samplers import sampler_options as options_of
 from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
-from .samplers import SAMPLERS
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
 from .precision import with_precision
