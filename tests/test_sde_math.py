@@ -90,6 +90,28 @@ def test_g2_is_nonnegative_everywhere(name):
     torch.testing.assert_close(process.diffusion(t), g2.sqrt())
 
 
+@pytest.mark.parametrize("name", PROCESS_NAMES)
+def test_g2_equals_the_generic_formula(name):
+    """Processes may give g² in closed form (DDPM: g² = β(t) = −d log ᾱ/dt, one lookup); it must equal the
+    base class's dσ²/dt − 2 f σ² at every time, on and off DDPM's grid."""
+    process = make(name)
+    t = torch.cat([off_grid_times(process), torch.linspace(0.0, 1.0, 2001, dtype=F64)])
+    torch.testing.assert_close(process.g2(t), dl.Process.g2(process, t), rtol=1e-12, atol=1e-12)
+
+
+def test_ddpm_schedule_lookups_agree_across_dtypes():
+    """DDPM converts its float64 tables once per dtype; float32 times give float32 values of the same
+    function (up to float32 rounding of t and of the tables), and the float64 values stay exact on the grid."""
+    process = dl.DDPM()
+    t64 = torch.cat([off_grid_times(process), torch.arange(1, process.T + 1, dtype=F64) / process.T])
+    for fun in (process.alpha, process.sigma, process.f, process.g2):
+        got = fun(t64.float())
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), fun(t64), rtol=2e-4, atol=1e-6)
+    grid = torch.arange(0, process.T + 1, dtype=F64) / process.T
+    torch.testing.assert_close(process.alpha(grid) ** 2, process.alpha_bars, rtol=1e-14, atol=0)
+
+
 def _time_pairs(process):
     """(s, t) with s < t: random continuous pairs, and for DDPM adjacent and skipped grid pairs."""
     g = gen(11)

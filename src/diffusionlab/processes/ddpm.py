@@ -63,26 +63,43 @@ class DDPM(Process):
         self.alpha_bars = torch.exp(self._log_alpha_bar)
         self.t_min = 1.0 / self.T
         self.t_max = 1.0
+        self._table_cache: dict = {}
 
     def config(self) -> dict:
         return {"process": "ddpm", "T": self.T, "schedule": self.schedule, **self.schedule_kwargs}
 
+    def _tables(self, like: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(log ᾱ_0…log ᾱ_T; the interval slopes T·log α_1…T·log α_T; the increments log ᾱ_{i+1} − log ᾱ_i
+        for i = 0…T, the last one 0) in ``like``'s dtype and device, made once per (dtype, device): samplers
+        evaluate the schedule several times per step, and for small batches the lookups cost more than the
+        arithmetic."""
+        key = (like.dtype, like.device)
+        tables = self._table_cache.get(key)
+        if tables is None:
+            increments = torch.cat([torch.diff(self._log_alpha_bar), torch.zeros(1, dtype=torch.float64)])
+            tables = tuple(v.to(device=like.device, dtype=like.dtype)
+                           for v in (self._log_alpha_bar, self.T * torch.log(self.alphas), increments))
+            self._table_cache[key] = tables
+        return tables
+
     def _log_alpha_bar_at(self, t: Tensor) -> Tensor:
-        """log ᾱ(t), linear in t between grid points."""
-        table = self._log_alpha_bar.to(device=t.device, dtype=t.dtype)
+        """log ᾱ(t), linear in t between grid points: log ᾱ_i + (tT − i)(log ᾱ_{i+1} − log ᾱ_i), i = ⌊tT⌋."""
+        table, _, increments = self._tables(t)
         u = (t * self.T).clamp(0, self.T)
-        i0 = u.floor().clamp(max=self.T - 1).long()
-        frac = u - i0
-        return table[i0] + frac * (table[i0 + 1] - table[i0])
+        i0 = u.floor()
+        i = i0.long()
+        return table[i] + (u - i0) * increments[i]
 
     def _interval_slope(self, t: Tensor) -> Tensor:
         """d log ᾱ/dt = T·log(1 − β_i) on the interval ((i−1)/T, i/T] that ends at or after t.
 
-        A grid time i/T belongs to interval i, the one a reverse-time step from i/T crosses. The small
-        tolerance keeps float round-off in t·T from selecting the next interval.
+        A grid time i/T belongs to interval i, the one a reverse-time step from i/T crosses. The tolerance
+        keeps round-off in t·T from selecting the next interval: 1e-6 steps, or 8 ulps of T in t's dtype when
+        that is coarser (a float32 grid time 999/1000 is 999.0000129 steps).
         """
-        i = torch.ceil(t * self.T - 1e-6).clamp(1, self.T).long()
-        return self.T * torch.log(self.alphas.to(device=t.device, dtype=t.dtype))[i - 1]
+        _, slopes, _ = self._tables(t)
+        tol = max(1e-6, 8 * torch.finfo(t.dtype).eps * self.T) if t.is_floating_point() else 0.0
+        return slopes[torch.ceil(t * self.T - tol).clamp(1, self.T).long() - 1]
 
     def alpha(self, t: Tensor) -> Tensor:
         return torch.exp(0.5 * self._log_alpha_bar_at(t))
@@ -95,6 +112,11 @@ class DDPM(Process):
 
     def d_sigma2(self, t: Tensor) -> Tensor:
         return -torch.exp(self._log_alpha_bar_at(t)) * self._interval_slope(t)
+
+    def g2(self, t: Tensor) -> Tensor:
+        """g(t)² = β(t) = −d log ᾱ/dt: the generic dσ²/dt − 2 f σ² with σ² = 1 − ᾱ, f = ½ d log ᾱ/dt,
+        in one lookup (variance preserving: ᾱ cancels)."""
+        return -self._interval_slope(t)
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         """Closed-form inverse of λ(t) = log(ᾱ(t)/(1 − ᾱ(t))): log ᾱ = log sigmoid(λ), then the linear piece of
