@@ -163,3 +163,26 @@ def test_edm_heun_without_churn_is_deterministic_and_ve_is_algorithm_2():
         x_next = x + (sig[i + 1] - sig[i]) * d
         x = x + (sig[i + 1] - sig[i]) * 0.5 * (d + model(x_next, grid[i + 1].expand(8)))
     torch.testing.assert_close(a, x, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ode_euler", "euler_maruyama", "ddim", "dpmpp_2m"])
+def test_a_float32_explicit_ddpm_grid_samples_as_its_float64_original(name):
+    """A DDPM grid that went through float32 holds 999/1000 as 999.0000129 steps; ``explicit_grid`` snaps such
+    times back to i/T, so the β interval (and every sample) is the float64 grid's. Unsnapped (float64 state),
+    442 of the 1000 times picked the next β interval: ode_euler moved by 6e-4, euler_maruyama by 5e-3, and the
+    samplers that use only α and σ by 1e-9."""
+    process = dl.DDPM(T=1000)
+    model = eps_predictor(MIX, process.alpha, process.sigma)
+    grid = dl.time_grid(process, 1000 if name == "euler_maruyama" else 50)
+    x_T = _start(process, n=16)
+    run = lambda g: dl.sample(model, process, name, x_T=x_T, grid=g,  # noqa: E731
+                              generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(run(grid.float()), run(grid), rtol=0, atol=1e-12)
+
+
+def test_snap_near_grid_keeps_deliberate_off_grid_times():
+    from diffusionlab.grids import snap_near_grid
+    t = torch.tensor([0.999, 0.5005, 0.25 + 1e-4, 0.001], dtype=torch.float32).double()
+    snapped = snap_near_grid(t, 1000)
+    assert snapped[0] == 0.999 and snapped[-1] == 0.001
+    assert snapped[1] == t[1] and snapped[2] == t[2]

@@ -40,6 +40,19 @@ def _strictly_decreasing(idx: Tensor, top: int) -> Tensor:
     return idx
 
 
+def snap_near_grid(t: Tensor, T: int, tol: float | None = None) -> Tensor:
+    """Times within ``tol`` steps of a grid time i/T replaced by i/T exactly (others kept).
+
+    A DDPM grid that passed through float32 (``time_grid(...).float()``) holds 999/1000 as 999.0000129 steps:
+    left as it is, the interval lookup of β(t) would pick the next interval for such times. The default
+    ``tol`` is 8 ulps of T in float32 (~1e-3 steps at T = 1000), far below any deliberate off-grid time.
+    """
+    tol = 8 * torch.finfo(torch.float32).eps * T if tol is None else tol
+    steps = t * T
+    nearest = torch.round(steps)
+    return torch.where((steps - nearest).abs() <= tol, nearest / T, t)
+
+
 def explicit_grid(grid, process, min_points: int = 1, who: str = "an explicit grid") -> Tensor:
     """``grid`` as a float64 tensor, checked: 1-D, at least ``min_points`` times, strictly decreasing, and
     within (0, t_max] of ``process``: every sampler divides by σ(t) somewhere, so a grid ends at t > 0
@@ -48,6 +61,8 @@ def explicit_grid(grid, process, min_points: int = 1, who: str = "an explicit gr
         grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
     except (TypeError, ValueError, RuntimeError):
         raise UserError(f"{who} must be a 1-D tensor of times, got {type(grid).__name__}") from None
+    if process.discrete and grid.ndim == 1:
+        grid = snap_near_grid(grid, process.T)
     if grid.ndim != 1 or len(grid) < min_points or not bool(torch.isfinite(grid).all()) or (
             len(grid) > 1 and not bool((grid[1:] < grid[:-1]).all())):
         raise UserError(f"{who} must be a 1-D tensor of at least {min_points} strictly decreasing times")
