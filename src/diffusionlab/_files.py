@@ -10,13 +10,25 @@ from typing import Callable, Sequence
 from .errors import UserError
 
 
+# The files of a run directory (training/checkpoint.py and the trainer's log): never an output of another command.
+RUN_FILES = ("checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.safetensors", "log.jsonl")
+
+
 def checked_output_path(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
-    """``path`` as a Path, after checking its extension and that its folder exists."""
+    """``path`` as a Path, after checking its extension, that its folder exists and is writable, that it is not
+    a folder itself, and that it is not one of a run directory's own files (which it would destroy)."""
     path = Path(path)
     if path.suffix.lower() not in suffixes:
         raise UserError(f"cannot write '{path}': the extension must be one of {', '.join(suffixes)}")
+    if path.is_dir():
+        raise UserError(f"cannot write '{path}': it is a folder; give a file name")
     if not path.parent.is_dir():
         raise UserError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
+    if path.name in RUN_FILES and (path.parent / RUN_FILES[0]).is_file():
+        raise UserError(f"cannot write '{path}': it is a file of the run in '{path.parent}', which this would "
+                        "destroy; choose another name")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write '{path}': folder '{path.parent}' is not writable")
     return path
 
 
@@ -31,6 +43,9 @@ def write_atomically(path: Path, write: Callable[[object], None]) -> None:
         with open(tmp, "xb") as handle:
             write(handle)
         os.replace(tmp, path)
+    except OSError as error:  # a full disk, a read-only or vanished folder, a folder in the way
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write '{path}': {error.strerror or error}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -67,6 +67,20 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**63 - 1, got {text}")
+    return value
+
+
+# argparse names the type in "invalid <name> value: 'abc'": say what is expected, not the function's name.
+for _type, _name in ((_positive_int, "positive integer"), (_positive_float, "positive number"),
+                     (_nonnegative_float, "non-negative number"), (_nonnegative_int, "non-negative integer"),
+                     (_seed, "seed")):
+    _type.__name__ = _name
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="diffusionlab", description="Train, sample and evaluate diffusion models.",
                 formatter_class=_HelpFormatter)
@@ -80,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 5000)")
     t.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
     t.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-4)")
-    t.add_argument("--seed", type=int, help="seed of the split, the initialisation and the noise (default 0)")
+    t.add_argument("--seed", type=_seed, help="seed of the split, the initialisation and the noise (default 0)")
     t.add_argument("--config", help="JSON or TOML file of config overrides (see README)")
     t.add_argument("--process", choices=list(PROCESSES), help="forward process (default ddpm)")
     t.add_argument("--prediction", choices=["eps", "x0", "v"], help="what the network predicts (default eps)")
@@ -102,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default="ancestral", choices=list(SAMPLERS))
     s.add_argument("--steps", type=_positive_int, help="grid points (default: the process's, T for DDPM)")
     s.add_argument("--grid", default="uniform", choices=list(GRIDS), help="time grid")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=_seed, default=0)
     s.add_argument("--trajectory", help="also write the reverse process x_T → x_0 (.png strip or .gif)")
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
     s.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
@@ -149,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--base-sampler", default="unipc", choices=[n for n in DETERMINISTIC if n != "fitted_multistep"],
                    help="the sampler whose grid optimize_grid fits first")
     f.add_argument("--calibration", type=_positive_int, default=256, help="calibration noise draws")
-    f.add_argument("--seed", type=int, default=0, help="seed of the calibration noise")
+    f.add_argument("--seed", type=_seed, default=0, help="seed of the calibration noise")
     f.add_argument("--batch-size", type=_positive_int, help="calibration draws per gradient batch (memory)")
     f.add_argument("--raw-weights", action="store_true", help="fit to the raw weights instead of the EMA")
     f.add_argument("--objective", choices=OBJECTIVES, default="rms",
@@ -184,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "exact up to 16 dimensions")
     e.add_argument("--rtol", type=_positive_float, default=given, help="ODE: solver's relative tolerance (1e-5)")
     e.add_argument("--atol", type=_positive_float, default=given, help="ODE: solver's absolute tolerance (1e-5)")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=_seed, default=0)
     e.add_argument("--batch-size", type=_positive_int, default=256, help="examples per batch (fid: samples "
                                                                          "drawn per batch, seeds seed, seed+1, …)")
 
@@ -213,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str] | None) -> int:
     warnings.formatwarning = _one_line_warning  # the CLI's warnings are for people: no source lines
+    args = None
     try:
         args = build_parser().parse_args(argv)
         from . import commands  # deferred: keeps `--help` fast
@@ -221,9 +236,27 @@ def _run(argv: list[str] | None) -> int:
     except UserError as e:
         print(f"diffusionlab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as e:  # the machine's, not the code's: a full disk, a path that cannot be created or read
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"diffusionlab: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("diffusionlab: interrupted; the last checkpoint is intact (continue with --resume)", file=sys.stderr)
+        print(f"diffusionlab: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
+
+
+def _after_interrupt(args) -> str:
+    """What a Ctrl-C left behind: outputs are written atomically at the end, checkpoints as training goes."""
+    command = getattr(args, "command", None)
+    if command in ("train", "demo"):
+        from .training import checkpoint_exists
+
+        run_dir = args.out if command == "train" else os.path.join(args.out, "run")
+        if checkpoint_exists(run_dir):
+            return f"the last checkpoint in {run_dir} is intact (continue with the same command" + (
+                " plus --resume)" if command == "train" else ")")
+        return "no checkpoint was written yet (start the same command again)"
+    return "no output was written"
 
 
 if __name__ == "__main__":  # pragma: no cover

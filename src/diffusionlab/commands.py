@@ -112,8 +112,16 @@ def _load_training_data(spec: str, data_cfg: dict):
     return load_dataset(spec, seed=int(data_cfg.get("seed", 0)), test_fraction=float(data_cfg.get("test_fraction", 0.1)))
 
 
+def _run_folder(path: str) -> Path:
+    """A run directory to train into: a folder or a name that does not exist yet, not a file."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a new or existing folder for the run")
+    return out
+
+
 def train(args) -> int:
-    out = Path(args.out)
+    out = _run_folder(args.out)
     if args.resume:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
@@ -139,9 +147,15 @@ def train(args) -> int:
     say(f"diffusionlab: training {config['network']['type']} ({count_parameters(model):,} parameters) on "
           f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, shape {tuple(dataset.shape)}), "
           f"process {config['process']['process']}, predicting {config['prediction']}, into {out}", flush=True)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
-                          progress=not getattr(args, "no_progress", False))
+    try:
+        result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
+                              progress=not getattr(args, "no_progress", False))
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
     say(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
           f"({result.steps_per_s:.1f} steps/s); checkpoint in {out}", flush=True)
     return 0
@@ -212,6 +226,16 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
     return x, frames, nfe
 
 
+def check_drawable(run, path: Path) -> None:
+    """Refuse, before any sampling, a picture of data that has no picture: images need C = 1 or 3 channels,
+    vectors D >= 2 coordinates (a scatter plot of the first two)."""
+    shape = tuple(run.dataset.shape)
+    if (shape[0] not in (1, 3)) if run.dataset.kind == "image" else (shape[0] < 2):
+        what = "images with 1 or 3 channels" if run.dataset.kind == "image" else "vectors of 2 or more coordinates"
+        raise UserError(f"cannot draw {path}: this run's examples have shape {shape}, and pictures are made of "
+                        f"{what}; write the samples to a .npy file instead")
+
+
 def write_samples(run, x: torch.Tensor, out: Path) -> None:
     if out.suffix.lower() == ".npy":
         data = run.dataset.to_data_units(x).cpu().numpy().astype(np.float32)
@@ -235,9 +259,13 @@ def sample(args) -> int:
     sampler = solver["sampler"] if solver else args.sampler
     options = sampler_options(args, sampler)  # a misplaced option fails before the run is loaded
     traj = checked_output_path(args.trajectory, (".png", ".gif")) if args.trajectory else None
+    if traj and traj.resolve() == out.resolve():
+        raise UserError(f"--out and --trajectory are the same file {out}: give them different names")
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     if traj and run.dataset.kind == "vector" and traj.suffix.lower() != ".png":
         raise UserError("the trajectory of vector data is a row of scatter plots: give --trajectory a .png name")
+    for picture in [p for p in (out, traj) if p is not None and p.suffix.lower() != ".npy"]:
+        check_drawable(run, picture)
     grid = args.grid
     if solver:
         grid, fitted = solver_for_run(solver, run, args.solver, args.steps, ema=not args.raw_weights)
@@ -247,9 +275,15 @@ def sample(args) -> int:
     x, frames, nfe = generate(run, args.n, sampler, steps, args.seed, grid,
                               trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise,
                               options=options, precision=args.precision)
+    existed = out.exists()
     write_samples(run, x, out)
     if traj:
-        write_trajectory(run, frames, traj)
+        try:
+            write_trajectory(run, frames, traj)
+        except BaseException:
+            if not existed:
+                out.unlink(missing_ok=True)  # all or nothing: the command failed, so no new samples file either
+            raise
     print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
           + f" ({sampler}, {steps} steps, {nfe} model evaluations, {args.precision}, {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -265,6 +299,8 @@ def fit_sampler(args) -> int:
     """Fit ``fitted_multistep`` to a run: the grid by ``optimize_grid`` (with ``--base-sampler``), then the
     coefficients by ``fit_multistep``, both on one batch of calibration noise; write them as JSON."""
     out = checked_output_path(args.out, (".json",))
+    if args.steps < 2:
+        raise UserError(f"--steps must be at least 2 for a fitted sampler (got {args.steps})")
     run = runs.load_run(args.run_dir, ema=not args.raw_weights)
     process, model, prediction = run.process, run.model, run.prediction
     time_grid(process, args.steps)  # a step count the process cannot take fails here, before the reference solve
@@ -284,7 +320,7 @@ def fit_sampler(args) -> int:
               "sampler": "fitted_multistep" if fitted_wins else args.base_sampler, "steps": args.steps,
               "grid": grid_fit.grid.tolist(), "coefficients": fit.coefficients if fitted_wins else None,
               "process": run.config["process"], "prediction": prediction, "run_step": run.step,
-              "ema": not args.raw_weights,
+              "ema": not args.raw_weights, "checkpoint_sha256": run.checkpoint_sha256,
               "calibration": {"n": args.calibration, "seed": args.seed, "base_sampler": args.base_sampler,
                               "objective": args.objective,
                               f"{args.objective}_error": {f"{args.base_sampler}, log-SNR grid": grid_fit.start_error,
@@ -329,11 +365,15 @@ def solver_for_run(solver: dict, run, path: str, steps: int | None, ema: bool = 
     if solver["process"] != run.config["process"] or solver["prediction"] != run.prediction:
         raise UserError(f"{path} was fitted to a {solver['process']} / {solver['prediction']} model, this run is "
                         f"{run.config['process']} / {run.prediction}: fit a sampler to this run with fit-sampler")
+    fitted_sha = solver.get("checkpoint_sha256")
     if solver.get("run_step") != run.step or solver.get("ema", True) != ema:
         weights = lambda step, e: f"step {step}, {'EMA' if e else 'raw'} weights"  # noqa: E731
         warnings.warn(f"{path} was fitted to the model at {weights(solver.get('run_step'), solver.get('ema', True))}, "
                       f"this is {weights(run.step, ema)}: its grid and coefficients may no longer fit (refit with "
                       "fit-sampler)", stacklevel=2)
+    elif fitted_sha is not None and fitted_sha != run.checkpoint_sha256:
+        warnings.warn(f"{path} was fitted to other weights than this run's (another run, or this one retrained): its "
+                      "grid and coefficients may not fit (refit with fit-sampler)", stacklevel=2)
     grid = torch.tensor(solver["grid"], dtype=torch.float64)
     if steps is not None and steps != len(grid):
         raise UserError(f"{path} is a {len(grid)}-step sampler; leave out --steps (got {steps})")
@@ -461,7 +501,8 @@ def eval(args) -> int:  # noqa: A001 - the command's name
     x = _test_data(run, args.data, args.n)
     result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance,
                           ode)
-    print(json.dumps(result))
+    # one example has no standard error: JSON null, not the NaN that strict JSON parsers refuse
+    print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}))
     return 0
 
 
@@ -478,15 +519,20 @@ DEMO_CONFIG = {
 
 def demo(args) -> int:
     t_start = time.perf_counter()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _run_folder(args.out)
     run_dir = out / "run"
     config_path = out / "demo_config.json"
     cfg = json.loads(json.dumps(DEMO_CONFIG))
     if args.steps:
         cfg["train"]["steps"] = args.steps
-    config_path.write_text(json.dumps(cfg, indent=2))
     resume = checkpoint_exists(run_dir)
+    if resume:
+        stored = load_checkpoint(run_dir).config
+        if stored.get("data", {}).get("spec") != "digits" or stored.get("network") != cfg["network"]:
+            raise UserError(f"{run_dir} holds a run that is not this demo's (digits, the demo's UNet); "
+                            "give the demo another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomically(config_path, lambda handle: handle.write(json.dumps(cfg, indent=2).encode()))
     # A resumed demo takes its data and config from the run.
     train_args = _Args(data=None if resume else "digits", out=str(run_dir), steps=cfg["train"]["steps"],
                        batch_size=None, lr=None, seed=None, config=None if resume else str(config_path),
@@ -503,7 +549,7 @@ def demo(args) -> int:
     write_trajectory(run, frames, out / "trajectory.gif")
     test = _test_data(run, "digits", None)
     result = evaluate_bpd(run, test, "elbo", strata=50, seed=0)
-    (out / "bpd.json").write_text(json.dumps(result, indent=2))
+    write_atomically(out / "bpd.json", lambda handle: handle.write(json.dumps(result, indent=2).encode()))
     print(f"diffusionlab: samples → {out / 'samples.png'}, reverse process → {out / 'trajectory.png'} and "
           f"{out / 'trajectory.gif'}")
     print(f"diffusionlab: test-set NLL (ELBO, {result['terms']}, n={result['n']}): "

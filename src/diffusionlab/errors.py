@@ -14,9 +14,12 @@ def check_range(name: str, value, low: float = float("-inf"), high: float = floa
                 open_low: bool = False) -> float:
     """``value`` as a float in [low, high] (``open_low``: (low, high]); else a :class:`UserError` naming ``name``.
 
-    NaN is always refused; ±inf only where the bound on that side is itself infinite.
+    NaN is always refused; ±inf only where the bound on that side is itself infinite; so are strings and bools
+    (a config file's ``"lr": "0.1"`` or ``true`` is a mistake, not a number).
     """
     try:
+        if isinstance(value, (str, bool)):
+            raise TypeError
         v = float(value)
     except (TypeError, ValueError):
         raise UserError(f"{name} must be a number, got {value!r}") from None

@@ -30,6 +30,7 @@ from .objectives import DenoisingLoss, ELBOLoss
 from .parametrization import check_prediction
 from .processes import make_process
 from .training import TrainConfig, load_checkpoint
+from .training.checkpoint import one_line
 
 DEFAULT_TRAIN = {"steps": 5000, "batch_size": 128, "lr": 2e-4, "weight_decay": 0.0, "warmup_steps": 100,
                  "grad_clip": 1.0, "ema_decay": 0.999, "checkpoint_every": 1000, "log_every": 50, "seed": 0,
@@ -41,11 +42,12 @@ def default_network(dataset: Dataset) -> dict:
     if dataset.kind == "vector":
         return {"type": "mlp", "dim": dataset.shape[0], "hidden": 256, "depth": 4}
     channels, size = dataset.shape[0], dataset.shape[-1]
+    half = -(-size // 2)  # the feature maps halve by stride-2 convolutions: ⌈size/2⌉, ⌈⌈size/2⌉/2⌉
     if size <= 16:
         return {"type": "unet", "in_channels": channels, "image_size": size, "base_channels": 64,
-                "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [4]}
+                "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [half]}
     return {"type": "unet", "in_channels": channels, "image_size": size, "base_channels": 64,
-            "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [size // 4]}
+            "channel_mults": [1, 2, 2], "num_res_blocks": 2, "attention_resolutions": [-(-half // 2)]}
 
 
 def default_config(dataset: Dataset, data: dict) -> dict:
@@ -80,9 +82,30 @@ def read_config_file(path: str) -> dict:
         raise UserError(f"config file not found: {path}")
     try:
         text = p.read_text()
-        return tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
+        overrides = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise UserError(f"cannot parse config file {path}: {str(e).splitlines()[0]}") from None
+    return check_overrides(overrides, path)
+
+
+# The sections a config file may set, and their types (``dataset`` is derived from the data, not set).
+SECTIONS = {"data": dict, "process": dict, "prediction": str, "objective": dict, "network": dict, "train": dict}
+
+
+def check_overrides(overrides, path: str) -> dict:
+    """A config file's content: an object whose keys are known sections of the right type."""
+    if not isinstance(overrides, dict):
+        raise UserError(f"config file {path} must hold an object of sections ({', '.join(SECTIONS)}), "
+                        f"got a {type(overrides).__name__}")
+    unknown = sorted(set(overrides) - set(SECTIONS), key=str)
+    if unknown:
+        raise UserError(f"unknown config section(s) {', '.join(map(str, unknown))} in {path}; valid: "
+                        f"{', '.join(SECTIONS)}")
+    for key, kind in SECTIONS.items():
+        if key in overrides and not isinstance(overrides[key], kind):
+            raise UserError(f"config section {key!r} in {path} must be {'an object' if kind is dict else 'a string'}, "
+                            f"got {overrides[key]!r}")
+    return overrides
 
 
 def build_model(config: dict) -> nn.Module:
@@ -127,6 +150,7 @@ class Run:
     dataset: Dataset
     config: dict
     step: int
+    checkpoint_sha256: str | None = None  # identifies the checkpoint the weights came from
 
 
 def load_run(run_dir: str | Path, ema: bool = True) -> Run:
@@ -134,12 +158,15 @@ def load_run(run_dir: str | Path, ema: bool = True) -> Run:
     ckpt = load_checkpoint(run_dir)
     config = ckpt.config
     try:
+        if not isinstance(config, dict) or not isinstance(ckpt.step, int) or isinstance(ckpt.step, bool):
+            raise TypeError("its config is not an object or its step not an integer")
         model = build_model(config)
         state = ckpt.ema_state if ema and ckpt.ema_state else ckpt.model_state
         model.load_state_dict(state)
         dataset = Dataset.from_json(config["dataset"])
-    except (KeyError, RuntimeError) as e:
-        raise UserError(f"checkpoint in {run_dir} does not match its config ({str(e).splitlines()[0]}); "
-                        "was it written by another version?") from None
+        process, prediction = make_process(config["process"]), check_prediction(config["prediction"])
+    except (KeyError, RuntimeError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"the checkpoint in {run_dir} does not match its config ({one_line(e)[:300]}); it is damaged "
+                        "or was written by another version: restore checkpoint.json from a backup") from None
     model.eval()
-    return Run(model, make_process(config["process"]), config["prediction"], dataset, config, ckpt.step)
+    return Run(model, process, prediction, dataset, config, ckpt.step, ckpt.sha256)

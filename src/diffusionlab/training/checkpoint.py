@@ -78,6 +78,7 @@ class Checkpoint:
     rng_states: dict[str, torch.Tensor] = field(default_factory=dict)
     extra: dict[str, Any] | None = None
     loss_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    sha256: str | None = None  # of the tensor file: identifies this save (written by ``save_checkpoint``)
 
 
 def checkpoint_exists(run_dir: str | os.PathLike) -> bool:
@@ -142,6 +143,7 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         rng_states=groups["rng"],
         extra=record.get("extra"),
         loss_state=groups["loss"],
+        sha256=record["safetensors_sha256"],
     )
 
 
@@ -328,6 +330,17 @@ def _read_record(run_dir: Path) -> dict:
     if record["format_version"] != FORMAT_VERSION:
         raise UserError(f"{json_path} has format version {record['format_version']}, this diffusionlab reads "
                         f"version {FORMAT_VERSION}; use the diffusionlab version that wrote it")
+    optimizer = record.get("optimizer")
+    step = record["step"]
+    bad = ("its step is not a whole number >= 0" if not isinstance(step, int) or isinstance(step, bool) or step < 0
+           else "its config is not an object" if not isinstance(record["config"], dict)
+           else "its optimizer record is malformed" if optimizer is not None and not (
+               isinstance(optimizer, dict) and isinstance(optimizer.get("state"), dict)
+               and isinstance(optimizer.get("param_groups"), list)
+               and all(isinstance(group, dict) for group in optimizer["param_groups"]))
+           else None)
+    if bad:
+        raise UserError(f"{json_path} is damaged ({bad}); restore it from a backup or start a new run directory")
     return record
 
 

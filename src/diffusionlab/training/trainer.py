@@ -35,7 +35,7 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from diffusionlab.errors import UserError
+from diffusionlab.errors import UserError, check_count, check_range
 from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training.checkpoint import (
     Checkpoint,
@@ -89,18 +89,30 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"
 
+    # Upper bound of ``lr``: AdamW's float32 step lr / (1 − β₁^k) overflows near 3e37; anything near it is a typo.
+    MAX_LR = 1e6
+
     def __post_init__(self):
+        """Every field checked for type and range (a config file can hold ``"steps": 2.5`` or ``"lr": "0.1"``);
+        the integer fields become ints, the numbers floats."""
+        counts = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1, "seed": 0}
+        try:
+            for name, low in counts.items():
+                setattr(self, name, check_count(f"train.{name}", getattr(self, name), low))
+            if not self.seed < 2**63:
+                raise UserError(f"train.seed must be below 2**63, got {self.seed}")
+            if self.num_threads is not None:
+                self.num_threads = check_count("train.num_threads", self.num_threads, 1)
+            self.lr = check_range("train.lr", self.lr, 0.0, self.MAX_LR, open_low=True)
+            self.weight_decay = check_range("train.weight_decay", self.weight_decay, 0.0)
+            if self.grad_clip is not None:
+                self.grad_clip = check_range("train.grad_clip", self.grad_clip, 0.0, open_low=True)
+            self.ema_decay = check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
+            if self.ema_decay >= 1:
+                raise UserError(f"train.ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        except UserError as error:
+            raise UserError(f"invalid training config: {error}") from None
         checks = [
-            (self.steps >= 1, "steps must be at least 1"),
-            (self.batch_size >= 1, "batch_size must be at least 1"),
-            (self.lr > 0, "lr must be positive"),
-            (self.weight_decay >= 0, "weight_decay must be non-negative"),
-            (self.warmup_steps >= 0, "warmup_steps must be non-negative"),
-            (self.grad_clip is None or self.grad_clip > 0, "grad_clip must be positive (or None to disable)"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)"),
-            (self.checkpoint_every >= 1, "checkpoint_every must be at least 1"),
-            (self.log_every >= 1, "log_every must be at least 1"),
-            (self.num_threads is None or self.num_threads >= 1, "num_threads must be at least 1 (or None)"),
             (self.device in ("auto", "cpu", "cuda"), "device must be 'auto', 'cpu' or 'cuda'"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(map(repr, PRECISIONS))}, "
                                            f"got {self.precision!r}"),
@@ -422,7 +434,7 @@ class _Trainer:
             raise UserError(f"the checkpoint in {self.run_dir} has no optimizer state; it cannot be resumed")
         try:
             self.optimizer.load_state_dict(state)
-        except (ValueError, KeyError) as error:
+        except (ValueError, KeyError, TypeError) as error:
             raise UserError(f"the optimizer state in the checkpoint does not fit the model ({one_line(error)}); "
                             "rebuild the model from the config stored with the checkpoint") from None
 

@@ -1,0 +1,228 @@
+"""The CLI against the user mistakes a review found: each gives one line on stderr, exit status 2, no traceback,
+and leaves no output behind (and never damages a run)."""
+
+import errno
+import json
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from diffusionlab import commands
+from diffusionlab._files import write_atomically
+from diffusionlab.cli import main
+from diffusionlab.errors import UserError
+from diffusionlab.run import default_network
+
+TINY = {"network": {"type": "mlp", "dim": 2, "hidden": 16, "depth": 2},
+        "process": {"process": "ddpm", "T": 50},
+        "train": {"batch_size": 16, "ema_decay": 0.5, "checkpoint_every": 100, "log_every": 100}}
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code, err, *fragments):
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("diffusionlab: error: "), err
+    missing = [f for f in fragments if f not in lines[0]]
+    assert not missing, f"the message does not name {missing}: {lines[0]}"
+    return lines[0]
+
+
+def _train(root, name, data="moons", config=TINY, steps=4):
+    (root / f"{name}.json").write_text(json.dumps(config))
+    assert main(["train", "--data", str(data), "--out", str(root / name), "--steps", str(steps),
+                 "--config", str(root / f"{name}.json"), "--no-progress"]) == 0
+    return root / name
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Two tiny DDPM runs of the same architecture (moons, and moons with another seed) and one on 2-channel
+    5×5 images (an image set that has no picture)."""
+    root = tmp_path_factory.mktemp("robust")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the short-EMA warning
+        a = _train(root, "a")
+        b = _train(root, "b", config={**TINY, "train": {**TINY["train"], "seed": 1}})
+        np.save(root / "two_channels.npy", np.random.default_rng(0).uniform(0, 1, (40, 2, 5, 5)).astype(np.float32))
+        image_net = {"type": "unet", "in_channels": 2, "image_size": 5, "base_channels": 8, "channel_mults": [1],
+                     "num_res_blocks": 1, "attention_resolutions": [], "num_groups": 4}
+        c = _train(root, "c", data=root / "two_channels.npy", steps=2,
+                   config={**TINY, "network": image_net})
+    return {"a": a, "b": b, "images": c, "root": root}
+
+
+def test_fit_sampler_refuses_to_overwrite_the_runs_checkpoint(runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["a"], run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    code, _, err = run_cli(capsys, "fit-sampler", run, "--steps", 3, "--calibration", 8, "--out",
+                           run / "checkpoint.json")
+    one_line_error(code, err, str(run / "checkpoint.json"), "file of the run")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+@pytest.mark.parametrize("config, fragments", [
+    ({"train": {"steps": 2.5}}, ["train.steps", "integer", "2.5"]),
+    ({"train": {"batch_size": True}}, ["train.batch_size", "integer", "True"]),
+    ({"train": {"lr": "0.1"}}, ["train.lr", "number", "'0.1'"]),
+    ({"train": {"lr": 1e38}}, ["train.lr", "1e+06"]),
+    ([1, 2], ["must hold an object", "list"]),
+    ({"netwrk": {"hidden": 16}, "trian": {"steps": 2}}, ["netwrk", "trian", "valid"]),
+    ({"network": [1]}, ["'network'", "an object"]),
+])
+def test_bad_config_values_are_one_line_errors_and_leave_no_folder(config, fragments, tmp_path, capsys):
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run", "--config",
+                           tmp_path / "c.json", "--no-progress")
+    one_line_error(code, err, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_huge_learning_rate_flag_is_refused(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run", "--lr", "1e38")
+    one_line_error(code, err, "train.lr")
+    assert not (tmp_path / "run").exists()
+
+
+def test_outputs_that_are_folders_files_or_unwritable(runs, tmp_path, capsys):
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "folder.json").mkdir()
+    (tmp_path / "afile").write_text("x")
+    cases = [
+        (["sample", runs["a"], "--n", 4, "--steps", 3, "--out", tmp_path / "folder.png"], ["folder.png", "folder"]),
+        (["fit-sampler", runs["a"], "--steps", 3, "--out", tmp_path / "folder.json"], ["folder.json", "folder"]),
+        (["train", "--data", "moons", "--out", tmp_path / "afile"], ["afile", "is a file"]),
+        (["demo", "--out", tmp_path / "afile"], ["afile", "is a file"]),
+        (["sample", runs["a"], "--n", 4, "--steps", 3, "--out", tmp_path / "same.png", "--trajectory",
+          tmp_path / "same.png"], ["same file"]),
+        (["fit-sampler", runs["a"], "--steps", 1, "--out", tmp_path / "s.json"], ["--steps", "at least 2"]),
+    ]
+    for args, fragments in cases:
+        code, _, err = run_cli(capsys, *args)
+        one_line_error(code, err, *fragments)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "folder.json", "folder.png"]
+
+
+def test_a_failed_write_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("diffusionlab._files.os.replace", full_disk)
+    with pytest.raises(UserError, match="No space left on device"):
+        write_atomically(tmp_path / "x.json", lambda handle: handle.write(b"{}"))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["sample", "train", "eval"])
+def test_seeds_out_of_range(command, runs, tmp_path, capsys):
+    base = {"sample": ["sample", runs["a"], "--n", 4, "--out", tmp_path / "x.npy"],
+            "train": ["train", "--data", "moons", "--out", tmp_path / "run"],
+            "eval": ["eval", runs["a"], "--data", "moons"]}[command]
+    for seed in ("100000000000000000000000", "-1"):
+        code, _, err = run_cli(capsys, *base, "--seed", seed)
+        one_line_error(code, err, "--seed", "2**63")
+    code, _, err = run_cli(capsys, *base, "--n" if command != "train" else "--steps", "abc")
+    one_line_error(code, err, "invalid positive integer value")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage, fragments", [
+    (lambda r: r.update(config=None), ["damaged", "config"]),
+    (lambda r: r.update(step="abc"), ["damaged", "step"]),
+    (lambda r: r.update(optimizer={"param_groups": 5, "state": {}}), ["damaged", "optimizer"]),
+    (lambda r: r["config"].update(network=[1]), ["does not match its config"]),
+    (lambda r: r["config"]["network"].update(hidden=17), ["does not match its config", "size mismatch"]),
+])
+def test_a_damaged_checkpoint_record_is_a_one_line_error(damage, fragments, runs, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(runs["a"], run)
+    record = json.loads((run / "checkpoint.json").read_text())
+    damage(record)
+    (run / "checkpoint.json").write_text(json.dumps(record))
+    code, _, err = run_cli(capsys, "sample", run, "--n", 4, "--steps", 3, "--out", tmp_path / "x.npy")
+    one_line_error(code, err, *fragments)
+    if "damaged" in fragments:
+        code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 10, "--no-progress")
+        one_line_error(code, err, *fragments)
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_pictures_of_data_that_has_none_are_refused_before_sampling(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(commands, "generate", lambda *a, **k: pytest.fail("sampled before refusing"))
+    for args in (["--out", tmp_path / "x.png"], ["--out", tmp_path / "x.npy", "--trajectory", tmp_path / "t.gif"]):
+        code, _, err = run_cli(capsys, "sample", runs["images"], "--n", 4, "--steps", 2, *args)
+        one_line_error(code, err, "(2, 5, 5)", ".npy")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_samples_are_not_left_behind_when_the_trajectory_fails(runs, tmp_path, capsys, monkeypatch):
+    def broken(*args, **kwargs):
+        raise UserError("cannot write the trajectory")
+
+    monkeypatch.setattr(commands, "write_trajectory", broken)
+    code, _, err = run_cli(capsys, "sample", runs["a"], "--n", 4, "--steps", 3, "--out", tmp_path / "x.npy",
+                           "--trajectory", tmp_path / "t.png")
+    one_line_error(code, err, "trajectory")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_solver_fitted_to_other_weights_warns(runs, tmp_path, capsys):
+    solver = tmp_path / "solver.json"
+    assert main(["fit-sampler", str(runs["b"]), "--steps", "3", "--calibration", "8", "--out", str(solver)]) == 0
+    assert json.loads(solver.read_text())["checkpoint_sha256"]
+    for run, warns in ((runs["b"], False), (runs["a"], True)):  # same process, prediction, step and EMA flag
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code, _, _ = run_cli(capsys, "sample", run, "--n", 4, "--solver", solver, "--out", tmp_path / "x.npy")
+        assert code == 0
+        assert any("other weights" in str(w.message) for w in caught) == warns
+
+
+def test_interrupt_messages_say_what_was_kept(runs, tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command in ("train", "sample"):
+        monkeypatch.setattr(commands, command, interrupted)
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "new")
+    assert code == 130 and "no checkpoint was written yet" in err and "--resume" not in err
+    code, _, err = run_cli(capsys, "train", "--out", runs["a"], "--resume")
+    assert code == 130 and "intact" in err and "--resume" in err
+    code, _, err = run_cli(capsys, "sample", runs["a"], "--out", tmp_path / "x.npy")
+    assert code == 130 and "no output was written" in err and "--resume" not in err
+
+
+def test_eval_of_one_example_prints_strict_json(runs, capsys):
+    code, out, _ = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 1, "--strata", 2)
+    assert code == 0
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(out, parse_constant=refuse)["stderr"] is None
+
+
+def test_demo_refuses_a_run_folder_that_is_not_its_own(runs, tmp_path, capsys):
+    shutil.copytree(runs["a"], tmp_path / "run")
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path, "--steps", 2)
+    one_line_error(code, err, "not this demo's", "--out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 9, 16, 17, 30])
+def test_the_default_unet_builds_for_any_image_size(size):
+    from diffusionlab.nets import build_network
+
+    class Images:
+        kind, shape = "image", (1, size, size)
+
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in default_network(Images()).items()}
+    build_network(config)
