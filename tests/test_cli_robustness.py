@@ -226,3 +226,27 @@ def test_the_default_unet_builds_for_any_image_size(size):
 
     config = {k: tuple(v) if isinstance(v, list) else v for k, v in default_network(Images()).items()}
     build_network(config)
+
+
+def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
+    data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    np.save(tmp_path / "old.npy", data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = _train(tmp_path, "run", data=tmp_path / "old.npy")
+    (tmp_path / "old.npy").rename(tmp_path / "new.npy")
+    code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--no-progress")
+    one_line_error(code, err, "old.npy", "--data NEW_PATH")
+    np.save(tmp_path / "old.npy", data[::-1].copy())  # other examples under the old name: refused
+    code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6)
+    one_line_error(code, err, "old.npy", "changed")
+    (tmp_path / "old.npy").unlink()
+    np.save(tmp_path / "other.npy", data + 1)  # other examples under a new name: still refused
+    code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--data", tmp_path / "other.npy")
+    one_line_error(code, err, "data.spec")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code, out, _ = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--data",
+                               tmp_path / "new.npy", "--no-progress")
+    assert code == 0 and "step 6" in out
+    assert json.loads((run / "checkpoint.json").read_text())["config"]["data"]["spec"] == str(tmp_path / "new.npy")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -15,7 +16,7 @@ import torch
 
 from . import run as runs
 from ._files import checked_output_path, write_atomically
-from .data import load_dataset
+from .data import BUILTIN_DATASETS, load_dataset
 from .errors import UserError
 from .evaluation import save_image_grid, save_scatter, save_trajectory, save_trajectory_2d
 from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log_likelihood
@@ -72,7 +73,8 @@ def _resume_config(stored: dict, args) -> dict:
     config-file entry must agree with the run, or it is refused (it cannot take effect)."""
     wanted = runs.merge(stored, runs.read_config_file(args.config) if args.config else {})
     wanted = runs.merge(wanted, _flag_overrides(args))
-    if args.data is not None and not _same_data(args.data, stored["data"]["spec"]):
+    moved = args.data is not None and not _same_data(args.data, stored["data"]["spec"])
+    if moved and not _same_content(args.data, stored["data"]):
         wanted["data"]["spec"] = args.data
     if args.seed is not None:
         wanted["data"]["seed"] = args.seed
@@ -89,7 +91,28 @@ def _resume_config(stored: dict, args) -> dict:
     for key in _RESUME_TRAIN_KEYS:
         if key in wanted["train"]:
             config["train"][key] = wanted["train"][key]
+    if moved:  # the same examples under a new name (the file moved): train on, from there
+        config["data"]["spec"] = args.data
     return config
+
+
+def data_sha256(dataset) -> str:
+    """A fingerprint of a data set's examples and split (train, then test, as stored in model units)."""
+    digest = hashlib.sha256()
+    for part in (dataset.train, dataset.test):
+        digest.update(str(tuple(part.shape)).encode())
+        digest.update(part.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _same_content(spec: str, stored: dict) -> bool:
+    """Whether ``spec`` holds the examples the run recorded (``data.sha256``; runs without it: never)."""
+    if "sha256" not in stored:
+        return False
+    try:
+        return data_sha256(_load_training_data(spec, stored)) == stored["sha256"]
+    except UserError:
+        return False
 
 
 def _same_data(given: str, stored: str) -> bool:
@@ -126,7 +149,15 @@ def train(args) -> int:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
         config = _resume_config(load_checkpoint(out).config, args)
-        dataset = _load_training_data(config["data"]["spec"], config["data"])
+        spec = config["data"]["spec"]
+        if args.data is None and spec not in BUILTIN_DATASETS and not Path(spec).exists():
+            raise UserError(f"the run's data {spec} is gone; if it moved, resume with --data NEW_PATH (the examples "
+                            "must be the same)")
+        dataset = _load_training_data(spec, config["data"])
+        recorded = config["data"].get("sha256")
+        if recorded and spec not in BUILTIN_DATASETS and data_sha256(dataset) != recorded:
+            raise UserError(f"the data in {spec} changed since the run started (other examples); resume with the "
+                            "original data, or start a new run with another --out")
     else:
         if not args.data:
             raise UserError("--data is required to start a run (a built-in name or a path)")
@@ -138,6 +169,7 @@ def train(args) -> int:
         if config["data"]["seed"] != seed or config["data"].get("test_fraction", 0.1) != 0.1:
             dataset = _load_training_data(args.data, config["data"])
             config["dataset"] = json.loads(dataset.to_json())
+        config["data"]["sha256"] = data_sha256(dataset)  # lets a resume find the data after it moved
     model = runs.build_model(config)
     loss_fn = runs.build_loss(config, dataset.levels)
     tcfg = runs.train_config(config)
