@@ -404,8 +404,8 @@ def test_demo_resumes_its_run_and_reuses_a_trained_one(tmp_path, capsys, monkeyp
         return torch.zeros(n, *run.dataset.shape), [], 0
 
     monkeypatch.setattr(commands, "generate", generate)
-    monkeypatch.setattr(commands, "write_samples", lambda *a, **k: None)
-    monkeypatch.setattr(commands, "write_trajectory", lambda *a, **k: None)
+    monkeypatch.setattr(commands, "write_samples", lambda run, x, path: path.write_bytes(b""))
+    monkeypatch.setattr(commands, "write_trajectory", lambda run, frames, path: path.write_bytes(b""))
     monkeypatch.setattr(commands, "evaluate_bpd", lambda *a, **k: {"terms": "stub", "n": 1, "bpd": 0.0, "stderr": 0.0})
     for steps, expected in ((2, "training"), (3, "Resuming"), (3, "already trained")):
         code, stdout, _ = run_cli(capsys, "demo", "--out", tmp_path, "--steps", steps, "--no-progress")

@@ -126,7 +126,7 @@ def test_seeds_out_of_range(command, runs, tmp_path, capsys):
     base = {"sample": ["sample", runs["a"], "--n", 4, "--out", tmp_path / "x.npy"],
             "train": ["train", "--data", "moons", "--out", tmp_path / "run"],
             "eval": ["eval", runs["a"], "--data", "moons"]}[command]
-    for seed in ("100000000000000000000000", "-1"):
+    for seed in ("100000000000000000000000", "-1", str(2**63)):
         code, _, err = run_cli(capsys, *base, "--seed", seed)
         one_line_error(code, err, "--seed", "2**63")
     code, _, err = run_cli(capsys, *base, "--n" if command != "train" else "--steps", "abc")
@@ -163,15 +163,35 @@ def test_pictures_of_data_that_has_none_are_refused_before_sampling(runs, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
-def test_samples_are_not_left_behind_when_the_trajectory_fails(runs, tmp_path, capsys, monkeypatch):
+def test_a_failed_trajectory_changes_no_output(runs, tmp_path, capsys, monkeypatch):
     def broken(*args, **kwargs):
         raise UserError("cannot write the trajectory")
 
     monkeypatch.setattr(commands, "write_trajectory", broken)
-    code, _, err = run_cli(capsys, "sample", runs["a"], "--n", 4, "--steps", 3, "--out", tmp_path / "x.npy",
-                           "--trajectory", tmp_path / "t.png")
-    one_line_error(code, err, "trajectory")
-    assert list(tmp_path.iterdir()) == []
+    np.save(tmp_path / "old.npy", np.zeros((1, 2)))
+    for out in ("x.npy", "old.npy"):  # a new file is not created, an existing one is not replaced
+        code, _, err = run_cli(capsys, "sample", runs["a"], "--n", 4, "--steps", 3, "--out", tmp_path / out,
+                               "--trajectory", tmp_path / "t.png")
+        one_line_error(code, err, "trajectory")
+    assert [p.name for p in tmp_path.iterdir()] == ["old.npy"] and np.load(tmp_path / "old.npy").shape == (1, 2)
+
+
+def test_a_run_that_fails_after_starting_leaves_no_empty_folder_and_keeps_its_error(tmp_path, capsys, monkeypatch):
+    def diverged(model, loss_fn, data, config, out, **kwargs):
+        raise UserError("the loss is nan at step 1")
+
+    monkeypatch.setattr(commands, "run_training", diverged)
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
+    one_line_error(code, err, "the loss is nan")
+    assert not (tmp_path / "run").exists()
+
+    def diverged_and_gone(model, loss_fn, data, config, out, **kwargs):
+        out.rmdir()  # the folder vanished meanwhile (another rank cleaned up): the cleanup must not mask the error
+        raise UserError("the loss is nan at step 1")
+
+    monkeypatch.setattr(commands, "run_training", diverged_and_gone)
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
+    one_line_error(code, err, "the loss is nan")
 
 
 def test_a_solver_fitted_to_other_weights_warns(runs, tmp_path, capsys):
@@ -186,12 +206,26 @@ def test_a_solver_fitted_to_other_weights_warns(runs, tmp_path, capsys):
         assert any("other weights" in str(w.message) for w in caught) == warns
 
 
+def test_the_largest_seed_is_taken_exactly():
+    from diffusionlab.training import TrainConfig
+
+    base = dict(steps=1, batch_size=1, lr=1e-3, warmup_steps=0, checkpoint_every=1, log_every=1)
+    assert TrainConfig(**base, seed=2**63 - 1).seed == 2**63 - 1  # not rounded through float (2**63 is refused)
+    assert TrainConfig(**base, seed=2**53 + 1).seed == 2**53 + 1
+    assert TrainConfig(**{**base, "steps": np.int64(7), "lr": np.float32(1e-3)}, seed=0).steps == 7
+    for bad in (dict(seed=2**63), dict(seed=0, steps=10**400), dict(seed=0, steps=1e400)):
+        with pytest.raises(UserError, match="invalid training config"):
+            TrainConfig(**{**base, **bad})
+
+
 def test_interrupt_messages_say_what_was_kept(runs, tmp_path, capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    for command in ("train", "sample"):
+    for command in ("train", "sample", "demo"):
         monkeypatch.setattr(commands, command, interrupted)
+    code, _, err = run_cli(capsys, "demo", "--out", tmp_path / "demo")
+    assert code == 130 and "no checkpoint was written yet" in err
     code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "new")
     assert code == 130 and "no checkpoint was written yet" in err and "--resume" not in err
     code, _, err = run_cli(capsys, "train", "--out", runs["a"], "--resume")
@@ -202,7 +236,7 @@ def test_interrupt_messages_say_what_was_kept(runs, tmp_path, capsys, monkeypatc
 
 def test_eval_of_one_example_prints_strict_json(runs, capsys):
     code, out, _ = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 1, "--strata", 2)
-    assert code == 0
+    assert code == 0 and "NaN" not in out
 
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
@@ -250,3 +284,17 @@ def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
                                tmp_path / "new.npy", "--no-progress")
     assert code == 0 and "step 6" in out
     assert json.loads((run / "checkpoint.json").read_text())["config"]["data"]["spec"] == str(tmp_path / "new.npy")
+
+
+def test_only_the_machines_oserrors_are_one_line(runs, tmp_path, capsys, monkeypatch):
+    def fails_with(number):
+        def command(args):
+            raise OSError(number, "simulated", str(tmp_path / "x.npy"))
+        return command
+
+    monkeypatch.setattr(commands, "sample", fails_with(errno.ENOSPC))
+    code, _, err = run_cli(capsys, "sample", runs["a"], "--out", tmp_path / "x.npy")
+    one_line_error(code, err, "simulated", "x.npy")
+    monkeypatch.setattr(commands, "sample", fails_with(errno.EBADF))  # a bad file descriptor is a bug: traceback
+    with pytest.raises(OSError):
+        main(["sample", str(runs["a"]), "--out", str(tmp_path / "x.npy")])

@@ -182,7 +182,11 @@ def test_a_float32_explicit_ddpm_grid_samples_as_its_float64_original(name):
 
 def test_snap_near_grid_keeps_deliberate_off_grid_times():
     from diffusionlab.grids import snap_near_grid
+    tol = 8 * torch.finfo(torch.float32).eps  # in t; 8 float32 ulps of T = 1000 in steps
     t = torch.tensor([0.999, 0.5005, 0.25 + 1e-4, 0.001], dtype=torch.float32).double()
-    snapped = snap_near_grid(t, 1000)
-    assert snapped[0] == 0.999 and snapped[-1] == 0.001
+    near = torch.tensor([0.7 + 0.9 * tol, 0.6 - 0.9 * tol, 0.4 + 1.2 * tol, 0.3 - 1.2 * tol, 5e-7], dtype=torch.float64)
+    snapped = snap_near_grid(torch.cat([t, near]), 1000)
+    assert snapped[0] == 0.999 and snapped[3] == 0.001
     assert snapped[1] == t[1] and snapped[2] == t[2]
+    assert snapped[4] == 0.7 and snapped[5] == 0.6  # within the tolerance: snapped
+    assert snapped[6] == near[2] and snapped[7] == near[3] and snapped[8] == 5e-7  # beyond it, or below step 1

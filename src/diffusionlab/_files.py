@@ -10,10 +10,6 @@ from typing import Callable, Sequence
 from .errors import UserError
 
 
-# The files of a run directory (training/checkpoint.py and the trainer's log): never an output of another command.
-RUN_FILES = ("checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.safetensors", "log.jsonl")
-
-
 def checked_output_path(path: str | os.PathLike, suffixes: Sequence[str]) -> Path:
     """``path`` as a Path, after checking its extension, that its folder exists and is writable, that it is not
     a folder itself, and that it is not one of a run directory's own files (which it would destroy)."""
@@ -24,12 +20,23 @@ def checked_output_path(path: str | os.PathLike, suffixes: Sequence[str]) -> Pat
         raise UserError(f"cannot write '{path}': it is a folder; give a file name")
     if not path.parent.is_dir():
         raise UserError(f"cannot write '{path}': folder '{path.parent}' does not exist; create it first")
-    if path.name in RUN_FILES and (path.parent / RUN_FILES[0]).is_file():
+    if _is_run_file(path):
         raise UserError(f"cannot write '{path}': it is a file of the run in '{path.parent}', which this would "
                         "destroy; choose another name")
     if not os.access(path.parent, os.W_OK):
         raise UserError(f"cannot write '{path}': folder '{path.parent}' is not writable")
     return path
+
+
+def _is_run_file(path: Path) -> bool:
+    """Whether ``path`` names one of the files of a run directory (checkpoint pair, log), which another command's
+    output would destroy. Compared without case: case-insensitive file systems (macOS, Windows) are common."""
+    from .training import checkpoint_exists
+    from .training.checkpoint import JSON_NAME, PREVIOUS_TENSORS_NAME, TENSORS_NAME
+    from .training.trainer import LOG_NAME
+
+    names = {n.lower() for n in (JSON_NAME, TENSORS_NAME, PREVIOUS_TENSORS_NAME, LOG_NAME)}
+    return path.name.lower() in names and checkpoint_exists(path.parent)
 
 
 def write_atomically(path: Path, write: Callable[[object], None]) -> None:

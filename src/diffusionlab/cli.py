@@ -6,6 +6,7 @@ User mistakes raise ``UserError``; ``main`` prints its one line and exits with s
 from __future__ import annotations
 
 import argparse
+import errno
 import math
 import os
 import sys
@@ -20,6 +21,10 @@ from .samplers.tuning import DETERMINISTIC, OBJECTIVES
 from .precision import PRECISIONS
 
 EXIT_USER_ERROR = 2
+# OSErrors that are the machine's or the given paths' (a full disk, no permission, a path that cannot be created),
+# reported in one line; any other OSError is a bug and keeps its traceback.
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR,
+                   errno.ENOENT, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.EMFILE}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,7 +241,12 @@ def _run(argv: list[str] | None) -> int:
     except UserError as e:
         print(f"diffusionlab: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except OSError as e:  # the machine's, not the code's: a full disk, a path that cannot be created or read
+    except BrokenPipeError:  # `diffusionlab eval ... | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        if e.errno not in _MACHINE_ERRNOS:
+            raise  # not a condition of the machine or of a path the user gave: a bug, keep its traceback
         where = f" ({e.filename})" if e.filename else ""
         print(f"diffusionlab: error: {e.strerror or e}{where}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import math
 import os
+import secrets
 import time
 import warnings
 from pathlib import Path
@@ -119,7 +121,7 @@ def _same_data(given: str, stored: str) -> bool:
     """The same data spec: the same string, or two names of one existing file or folder."""
     if given == stored:
         return True
-    a, b = Path(given), Path(stored)
+    a, b = Path(given).expanduser(), Path(stored).expanduser()
     return a.exists() and b.exists() and a.resolve() == b.resolve()
 
 
@@ -150,7 +152,7 @@ def train(args) -> int:
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
         config = _resume_config(load_checkpoint(out).config, args)
         spec = config["data"]["spec"]
-        if args.data is None and spec not in BUILTIN_DATASETS and not Path(spec).exists():
+        if args.data is None and spec not in BUILTIN_DATASETS and not Path(spec).expanduser().exists():
             raise UserError(f"the run's data {spec} is gone; if it moved, resume with --data NEW_PATH (the examples "
                             "must be the same)")
         dataset = _load_training_data(spec, config["data"])
@@ -185,8 +187,10 @@ def train(args) -> int:
         result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
                               progress=not getattr(args, "no_progress", False))
     except BaseException:
-        if created and not any(out.iterdir()):
-            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        if created and os.environ.get("RANK", "0") == "0":
+            with contextlib.suppress(OSError):  # never hide the error that got us here
+                if not any(out.iterdir()):
+                    out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
     say(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
           f"({result.steps_per_s:.1f} steps/s); checkpoint in {out}", flush=True)
@@ -258,6 +262,23 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
     return x, frames, nfe
 
 
+def write_together(outputs) -> None:
+    """All or nothing: ``write(partial)`` for each ``(path, write)`` to a hidden file next to ``path`` (same
+    extension), then every partial file is renamed onto its path; if any write fails, none of the paths changes
+    and the partial files are removed."""
+    token = secrets.token_hex(4)
+    partial = [path.with_name(f".{path.stem}.{token}.partial{path.suffix}") for path, _ in outputs]
+    try:
+        for (_, write), tmp in zip(outputs, partial):
+            write(tmp)
+        for (path, _), tmp in zip(outputs, partial):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in partial:
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def check_drawable(run, path: Path) -> None:
     """Refuse, before any sampling, a picture of data that has no picture: images need C = 1 or 3 channels,
     vectors D >= 2 coordinates (a scatter plot of the first two)."""
@@ -307,15 +328,8 @@ def sample(args) -> int:
     x, frames, nfe = generate(run, args.n, sampler, steps, args.seed, grid,
                               trajectory_every=max(1, steps // 20) if traj else None, denoise=not args.no_denoise,
                               options=options, precision=args.precision)
-    existed = out.exists()
-    write_samples(run, x, out)
-    if traj:
-        try:
-            write_trajectory(run, frames, traj)
-        except BaseException:
-            if not existed:
-                out.unlink(missing_ok=True)  # all or nothing: the command failed, so no new samples file either
-            raise
+    write_together([(out, lambda path: write_samples(run, x, path))]
+                   + ([(traj, lambda path: write_trajectory(run, frames, path))] if traj else []))
     print(f"diffusionlab: wrote {args.n} samples to {out}" + (f" and the trajectory to {traj}" if traj else "")
           + f" ({sampler}, {steps} steps, {nfe} model evaluations, {args.precision}, {time.perf_counter() - t0:.1f} s)")
     return 0
@@ -468,7 +482,7 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
     per_dim = nll / dims
     result = {"metric": "bpd", "method": method, "n": len(x),
               "bpd": float(bits_per_dim(nll, dims).mean()),
-              "stderr": float(bits_per_dim(nll, dims).std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")}
+              "stderr": float(bits_per_dim(nll, dims).std() / math.sqrt(len(x))) if len(x) > 1 else None}
     if method == "elbo":
         result["terms"] = "all" if strata is None else f"stratified, {strata} per example"
         result["variance"] = variance
@@ -480,7 +494,7 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
                           hutchinson_stderr=float(se.pow(2).sum().sqrt() / len(x)) if probes > 1 else None)
     if ds.levels is None:
         result["nats_per_dim"] = float(per_dim.mean())
-        result["nats_per_dim_stderr"] = float(per_dim.std() / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+        result["nats_per_dim_stderr"] = float(per_dim.std() / math.sqrt(len(x))) if len(x) > 1 else None
     else:
         result["levels"] = ds.levels
     return result
@@ -533,8 +547,9 @@ def eval(args) -> int:  # noqa: A001 - the command's name
     x = _test_data(run, args.data, args.n)
     result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance,
                           ode)
-    # one example has no standard error: JSON null, not the NaN that strict JSON parsers refuse
-    print(json.dumps({k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.items()}))
+    if not all(math.isfinite(v) for v in result.values() if isinstance(v, float)):
+        raise UserError(f"the bits/dim are not finite ({result['bpd']}): the model may be under-trained or diverged")
+    print(json.dumps(result, allow_nan=False))  # strict JSON: a missing standard error (one example) is null
     return 0
 
 
@@ -576,9 +591,9 @@ def demo(args) -> int:
         train(train_args)
     run = runs.load_run(run_dir)
     x, frames, _ = generate(run, 64, "ancestral", None, seed=0, trajectory_every=50)
-    write_samples(run, x, out / "samples.png")
-    write_trajectory(run, frames, out / "trajectory.png")
-    write_trajectory(run, frames, out / "trajectory.gif")
+    write_together([(out / "samples.png", lambda path: write_samples(run, x, path)),
+                    (out / "trajectory.png", lambda path: write_trajectory(run, frames, path)),
+                    (out / "trajectory.gif", lambda path: write_trajectory(run, frames, path))])
     test = _test_data(run, "digits", None)
     result = evaluate_bpd(run, test, "elbo", strata=50, seed=0)
     write_atomically(out / "bpd.json", lambda handle: handle.write(json.dumps(result, indent=2).encode()))

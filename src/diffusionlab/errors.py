@@ -5,6 +5,8 @@ checkpoint, NaN in data) raises :class:`UserError` with a one-line message that 
 prints that line and exits non-zero, without a traceback; the Python API lets it propagate.
 """
 
+import operator
+
 
 class UserError(Exception):
     """A mistake in the input: the message is one line, meant for a person, and says how to fix it."""
@@ -14,8 +16,8 @@ def check_range(name: str, value, low: float = float("-inf"), high: float = floa
                 open_low: bool = False) -> float:
     """``value`` as a float in [low, high] (``open_low``: (low, high]); else a :class:`UserError` naming ``name``.
 
-    NaN is always refused; ±inf only where the bound on that side is itself infinite; so are strings and bools
-    (a config file's ``"lr": "0.1"`` or ``true`` is a mistake, not a number).
+    NaN is always refused, ±inf wherever the bound on that side is finite, and strings and bools always (a config
+    file's ``"lr": "0.1"`` or ``true`` is a mistake, not a number).
     """
     try:
         if isinstance(value, (str, bool)):
@@ -30,11 +32,18 @@ def check_range(name: str, value, low: float = float("-inf"), high: float = floa
 
 
 def check_count(name: str, value, low: int = 0) -> int:
-    """``value`` as an int ≥ ``low``; a fractional number, a bool or a string is refused (not truncated)."""
-    try:
-        f = None if isinstance(value, (bool, str)) else float(value)
-    except (TypeError, ValueError):
-        f = None
-    if f is None or not f.is_integer() or f < low:
+    """``value`` as an int ≥ ``low``; a fractional number, a bool or a string is refused (not truncated). Integers
+    (Python's, numpy's, 0-d integer tensors) are taken exactly; a float only when it is a whole number."""
+    n = None
+    if not isinstance(value, (bool, str)):
+        try:
+            n = operator.index(value)  # exact, however large
+        except TypeError:
+            try:
+                f = float(value)
+                n = int(f) if f.is_integer() else None
+            except (TypeError, ValueError, OverflowError):
+                n = None
+    if n is None or n < low:
         raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(f)
+    return n

@@ -45,12 +45,13 @@ def snap_near_grid(t: Tensor, T: int, tol: float | None = None) -> Tensor:
 
     A DDPM grid that passed through float32 (``time_grid(...).float()``) holds 999/1000 as 999.0000129 steps:
     left as it is, the interval lookup of β(t) would pick the next interval for such times. The default
-    ``tol`` is 8 ulps of T in float32 (~1e-3 steps at T = 1000), far below any deliberate off-grid time.
+    ``tol`` is 8 ulps of T in float32 (~1e-3 steps at T = 1000), far below any deliberate off-grid time; times
+    below step 1 are left alone (t = 0 is no grid time).
     """
     tol = 8 * torch.finfo(torch.float32).eps * T if tol is None else tol
     steps = t * T
     nearest = torch.round(steps)
-    return torch.where((steps - nearest).abs() <= tol, nearest / T, t)
+    return torch.where(((steps - nearest).abs() <= tol) & (nearest >= 1), nearest / T, t)
 
 
 def explicit_grid(grid, process, min_points: int = 1, who: str = "an explicit grid") -> Tensor:

@@ -158,8 +158,6 @@ def load_run(run_dir: str | Path, ema: bool = True) -> Run:
     ckpt = load_checkpoint(run_dir)
     config = ckpt.config
     try:
-        if not isinstance(config, dict) or not isinstance(ckpt.step, int) or isinstance(ckpt.step, bool):
-            raise TypeError("its config is not an object or its step not an integer")
         model = build_model(config)
         state = ckpt.ema_state if ema and ckpt.ema_state else ckpt.model_state
         model.load_state_dict(state)

@@ -97,10 +97,10 @@ class TrainConfig:
         the integer fields become ints, the numbers floats."""
         counts = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "checkpoint_every": 1, "log_every": 1, "seed": 0}
         try:
-            for name, low in counts.items():
+            for name, low in counts.items():  # below 2**63: they end up in int64 tensors and JSON readers' int64
                 setattr(self, name, check_count(f"train.{name}", getattr(self, name), low))
-            if not self.seed < 2**63:
-                raise UserError(f"train.seed must be below 2**63, got {self.seed}")
+                if getattr(self, name) >= 2**63:
+                    raise UserError(f"train.{name} must be below 2**63, got {getattr(self, name)}")
             if self.num_threads is not None:
                 self.num_threads = check_count("train.num_threads", self.num_threads, 1)
             self.lr = check_range("train.lr", self.lr, 0.0, self.MAX_LR, open_low=True)
