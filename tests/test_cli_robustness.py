@@ -8,6 +8,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from diffusionlab import commands
 from diffusionlab._files import write_atomically
@@ -176,22 +177,25 @@ def test_a_failed_trajectory_changes_no_output(runs, tmp_path, capsys, monkeypat
     assert [p.name for p in tmp_path.iterdir()] == ["old.npy"] and np.load(tmp_path / "old.npy").shape == (1, 2)
 
 
-def test_a_run_that_fails_after_starting_leaves_no_empty_folder_and_keeps_its_error(tmp_path, capsys, monkeypatch):
-    def diverged(model, loss_fn, data, config, out, **kwargs):
+def test_a_run_that_fails_after_starting_leaves_no_empty_folder_and_keeps_its_error(tmp_path):
+    from diffusionlab.nets import MLP
+    from diffusionlab.training import TrainConfig, train
+
+    config = TrainConfig(steps=3, batch_size=4, lr=1e-3, warmup_steps=0, checkpoint_every=100, log_every=100, seed=0)
+    run_dir = tmp_path / "run"
+
+    def diverged(model, batch, generator):
+        assert run_dir.is_dir()  # the trainer made it
         raise UserError("the loss is nan at step 1")
 
-    monkeypatch.setattr(commands, "run_training", diverged)
-    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
-    one_line_error(code, err, "the loss is nan")
-    assert not (tmp_path / "run").exists()
-
-    def diverged_and_gone(model, loss_fn, data, config, out, **kwargs):
-        out.rmdir()  # the folder vanished meanwhile (another rank cleaned up): the cleanup must not mask the error
+    def diverged_and_gone(model, batch, generator):
+        run_dir.rmdir()  # the folder vanished meanwhile (another rank cleaned up): the cleanup must not mask the error
         raise UserError("the loss is nan at step 1")
 
-    monkeypatch.setattr(commands, "run_training", diverged_and_gone)
-    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run")
-    one_line_error(code, err, "the loss is nan")
+    for loss in (diverged, diverged_and_gone):
+        with pytest.raises(UserError, match="the loss is nan"):
+            train(MLP(2, hidden=8, depth=1), loss, torch.randn(16, 2), config, run_dir, run_config={}, progress=False)
+        assert not run_dir.exists()
 
 
 def test_a_solver_fitted_to_other_weights_warns(runs, tmp_path, capsys):
@@ -273,7 +277,7 @@ def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
     one_line_error(code, err, "old.npy", "--data NEW_PATH")
     np.save(tmp_path / "old.npy", data[::-1].copy())  # other examples under the old name: refused
     code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6)
-    one_line_error(code, err, "old.npy", "changed")
+    one_line_error(code, err, "other data")
     (tmp_path / "old.npy").unlink()
     np.save(tmp_path / "other.npy", data + 1)  # other examples under a new name: still refused
     code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--data", tmp_path / "other.npy")
@@ -284,6 +288,7 @@ def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
                                tmp_path / "new.npy", "--no-progress")
     assert code == 0 and "step 6" in out
     assert json.loads((run / "checkpoint.json").read_text())["config"]["data"]["spec"] == str(tmp_path / "new.npy")
+    assert json.loads((run / "checkpoint.json").read_text())["extra"]["trainer"]["data_sha256"]
 
 
 def test_only_the_machines_oserrors_are_one_line(runs, tmp_path, capsys, monkeypatch):
@@ -298,3 +303,18 @@ def test_only_the_machines_oserrors_are_one_line(runs, tmp_path, capsys, monkeyp
     monkeypatch.setattr(commands, "sample", fails_with(errno.EBADF))  # a bad file descriptor is a bug: traceback
     with pytest.raises(OSError):
         main(["sample", str(runs["a"]), "--out", str(tmp_path / "x.npy")])
+
+
+def test_data_beyond_float32_and_non_square_images_are_refused(tmp_path):
+    from diffusionlab.data import load_dataset
+
+    big = np.array([[1e308, -1e308], [1e308, 0.0], [0.0, 1.0], [2.0, 3.0], [1.0, 1.0]] * 4)
+    np.save(tmp_path / "big.npy", big)
+    with pytest.raises(UserError, match="float32's range"):
+        load_dataset(str(tmp_path / "big.npy"))
+
+    class Wide:
+        kind, shape = "image", (1, 4, 6)
+
+    with pytest.raises(UserError, match="square images, these are 4×6"):
+        default_network(Wide())

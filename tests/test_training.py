@@ -166,7 +166,7 @@ def test_crash_between_the_two_files_keeps_previous_checkpoint(tmp_path, monkeyp
     old_model, new_model = make_model(0), make_model(1)
     save_state(tmp_path, old_model, step=1)
     crash_on_second_replace(monkeypatch)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(UserError, match="simulated crash"):  # an OSError, reported as one line
         save_state(tmp_path, new_model, step=2)
     monkeypatch.undo()
 
@@ -184,7 +184,7 @@ def test_crash_between_the_two_files_keeps_previous_checkpoint(tmp_path, monkeyp
 def test_interrupted_save_without_backup_is_a_hash_mismatch(tmp_path, monkeypatch):
     save_state(tmp_path, make_model(0), step=1)
     crash_on_second_replace(monkeypatch)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match="simulated crash"):  # an OSError, reported as one line
         save_state(tmp_path, make_model(1), step=2)
     (tmp_path / "checkpoint.prev.safetensors").unlink()
     with pytest.raises(UserError) as excinfo:
@@ -672,3 +672,58 @@ def test_ddp_two_ranks(tmp_path, precision):
     assert int(state["rank0.calls"]) == int(state["rank1.calls"]) == 6
     assert not torch.equal(state["rank0.noise_sum"], state["rank1.noise_sum"])
     assert [entry["step"] for entry in read_log(tmp_path / "run")] == [2, 4, 6]
+
+
+# ------------------------------------------------------------------------------------- resume and data checks
+
+
+def test_resume_refuses_other_data_or_another_run_config(tmp_path):
+    run(tmp_path / "r", steps=5)
+    with pytest.raises(UserError, match="other data"):
+        train(make_model(), quadratic_loss, DATA * 100, make_config(steps=10), tmp_path / "r",
+              run_config={"model": "linear", "dim": DIM}, resume=True, progress=False)
+    with pytest.raises(UserError, match="run_config differs .* in model"):
+        train(make_model(), quadratic_loss, DATA, make_config(steps=10), tmp_path / "r",
+              run_config={"model": "mlp", "dim": DIM}, resume=True, progress=False)
+    before = (tmp_path / "r" / "checkpoint.json").read_bytes()
+    _, result = run(tmp_path / "r", resume=True, steps=10)  # the same data and config (its train section may change)
+    assert result.step == 10 and (tmp_path / "r" / "checkpoint.json").read_bytes() != before
+
+
+@pytest.mark.parametrize("data, message", [(DATA.long(), "int64"), (DATA.double(), "float64 but the model")])
+def test_training_data_must_be_floating_and_of_the_models_dtype(data, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        train(make_model(), quadratic_loss, data, make_config(), tmp_path / "r", run_config={}, progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("output", [lambda x: x[:, :1], lambda x: x.mean(0), lambda x: x[None]])
+def test_the_denoising_loss_refuses_a_prediction_of_another_shape(output):
+    """Broadcasting would make (n, 1), (d,) or (1, n, d) outputs a finite loss that trains the wrong thing."""
+    loss = diffusionlab.DenoisingLoss(diffusionlab.DDPM(T=100))
+    with pytest.raises(UserError, match=r"the model returned .* for input \(8, 2\)"):
+        loss(lambda x, t: output(x), torch.randn(8, 2), torch.Generator().manual_seed(0))
+
+
+def test_save_checkpoint_refuses_a_bad_step_or_folder_and_keeps_the_old_pair(tmp_path):
+    model = make_model()
+    save_checkpoint(tmp_path / "r", model=model, step=3, config={})
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+    for step in (-5, 2.7, True, "3"):
+        with pytest.raises(UserError, match="step must be a whole number"):
+            save_checkpoint(tmp_path / "r", model=model, step=step, config={})
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="cannot write the checkpoint into"):
+        save_checkpoint(tmp_path / "afile", model=model, step=1, config={})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+
+
+def test_ema_decay_must_be_a_number_in_range():
+    import numpy as np
+
+    from diffusionlab.training import EMA
+
+    assert EMA(make_model(), np.float32(0.9)).decay == pytest.approx(0.9)
+    for decay in ("0.9", None, True, 1.0, -0.1):
+        with pytest.raises(UserError, match="EMA decay"):
+            EMA(make_model(), decay)

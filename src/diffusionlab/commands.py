@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -31,6 +29,7 @@ from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
+from .training.trainer import tensor_sha256
 from .precision import with_precision
 
 # --------------------------------------------------------------------------------------------------
@@ -69,14 +68,14 @@ def _train_config_from_args(args, dataset=None) -> dict:
 _RESUME_TRAIN_KEYS = ("steps", "lr", "precision")
 
 
-def _resume_config(stored: dict, args) -> dict:
+def _resume_config(stored: dict, args, data_sha256: str | None = None) -> dict:
     """The stored run config, with the train ``steps``, ``lr`` and ``precision`` that this command line sets
     (config file, then flags). The original command line plus ``--resume`` is accepted: any other flag or
     config-file entry must agree with the run, or it is refused (it cannot take effect)."""
     wanted = runs.merge(stored, runs.read_config_file(args.config) if args.config else {})
     wanted = runs.merge(wanted, _flag_overrides(args))
     moved = args.data is not None and not _same_data(args.data, stored["data"]["spec"])
-    if moved and not _same_content(args.data, stored["data"]):
+    if moved and not _same_content(args.data, stored["data"], data_sha256):
         wanted["data"]["spec"] = args.data
     if args.seed is not None:
         wanted["data"]["seed"] = args.seed
@@ -98,21 +97,13 @@ def _resume_config(stored: dict, args) -> dict:
     return config
 
 
-def data_sha256(dataset) -> str:
-    """A fingerprint of a data set's examples and split (train, then test, as stored in model units)."""
-    digest = hashlib.sha256()
-    for part in (dataset.train, dataset.test):
-        digest.update(str(tuple(part.shape)).encode())
-        digest.update(part.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _same_content(spec: str, stored: dict) -> bool:
-    """Whether ``spec`` holds the examples the run recorded (``data.sha256``; runs without it: never)."""
-    if "sha256" not in stored:
+def _same_content(spec: str, stored: dict, data_sha256: str | None) -> bool:
+    """Whether ``spec`` holds the training examples whose fingerprint the trainer recorded (runs without one:
+    never)."""
+    if data_sha256 is None:
         return False
     try:
-        return data_sha256(_load_training_data(spec, stored)) == stored["sha256"]
+        return tensor_sha256(_load_training_data(spec, stored).train) == data_sha256
     except UserError:
         return False
 
@@ -150,16 +141,13 @@ def train(args) -> int:
     if args.resume:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
-        config = _resume_config(load_checkpoint(out).config, args)
+        checkpoint = load_checkpoint(out)
+        config = _resume_config(checkpoint.config, args, ((checkpoint.extra or {}).get("trainer") or {}).get("data_sha256"))
         spec = config["data"]["spec"]
         if args.data is None and spec not in BUILTIN_DATASETS and not Path(spec).expanduser().exists():
             raise UserError(f"the run's data {spec} is gone; if it moved, resume with --data NEW_PATH (the examples "
                             "must be the same)")
-        dataset = _load_training_data(spec, config["data"])
-        recorded = config["data"].get("sha256")
-        if recorded and spec not in BUILTIN_DATASETS and data_sha256(dataset) != recorded:
-            raise UserError(f"the data in {spec} changed since the run started (other examples); resume with the "
-                            "original data, or start a new run with another --out")
+        dataset = _load_training_data(spec, config["data"])  # the trainer refuses other examples than the run's
     else:
         if not args.data:
             raise UserError("--data is required to start a run (a built-in name or a path)")
@@ -171,7 +159,6 @@ def train(args) -> int:
         if config["data"]["seed"] != seed or config["data"].get("test_fraction", 0.1) != 0.1:
             dataset = _load_training_data(args.data, config["data"])
             config["dataset"] = json.loads(dataset.to_json())
-        config["data"]["sha256"] = data_sha256(dataset)  # lets a resume find the data after it moved
     model = runs.build_model(config)
     loss_fn = runs.build_loss(config, dataset.levels)
     tcfg = runs.train_config(config)
@@ -181,17 +168,8 @@ def train(args) -> int:
     say(f"diffusionlab: training {config['network']['type']} ({count_parameters(model):,} parameters) on "
           f"{dataset.name} ({len(dataset.train)} train / {len(dataset.test)} test, shape {tuple(dataset.shape)}), "
           f"process {config['process']['process']}, predicting {config['prediction']}, into {out}", flush=True)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    try:
-        result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
-                              progress=not getattr(args, "no_progress", False))
-    except BaseException:
-        if created and os.environ.get("RANK", "0") == "0":
-            with contextlib.suppress(OSError):  # never hide the error that got us here
-                if not any(out.iterdir()):
-                    out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
-        raise
+    result = run_training(model, loss_fn, dataset.train, tcfg, out, run_config=config, resume=args.resume,
+                          progress=not getattr(args, "no_progress", False))
     say(f"diffusionlab: done: step {result.step}, loss {result.loss:.4f}, {result.wall_time:.1f} s "
           f"({result.steps_per_s:.1f} steps/s); checkpoint in {out}", flush=True)
     return 0

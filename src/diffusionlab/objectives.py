@@ -26,7 +26,7 @@ from torch import Tensor
 from ._tensor import as_time, bcast, randn_like, sum_except_batch
 from .errors import UserError
 from .grids import time_grid
-from .parametrization import Denoiser, check_prediction, from_x0_eps
+from .parametrization import Denoiser, check_prediction, checked_prediction, from_x0_eps
 
 # --------------------------------------------------------------------------------------------------
 # Gaussian building blocks (elementwise)
@@ -351,7 +351,7 @@ class DenoisingLoss:
         x_t = self.process.marginal(x0, t, eps)
         a, s = self.process.alpha(t), self.process.sigma(t)
         target = from_x0_eps(x0, eps, self.prediction, a, s)
-        err = (model(x_t, t.to(x0.dtype)) - target).pow(2).reshape(x0.shape[0], -1).mean(dim=1)
+        err = (checked_prediction(model(x_t, t.to(x0.dtype)), x_t) - target).pow(2).reshape(x0.shape[0], -1).mean(dim=1)
         lam = eps_space_weight(self.process, t, self.weighting) / _own_space_weight(self.process, t, self.prediction)
         return (w * lam).to(x0.dtype) * err
 

@@ -68,6 +68,16 @@ class Denoised(NamedTuple):
     eps: Tensor
 
 
+def checked_prediction(pred, x: Tensor) -> Tensor:
+    """``pred``, after checking that the model returned a tensor of the input's shape (broadcasting would turn an
+    (n, 1) or (d,) output into a finite loss and silently train the wrong thing)."""
+    if not isinstance(pred, Tensor) or pred.shape != x.shape:
+        got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
+        raise UserError(f"the model returned {got} for input {tuple(x.shape)}; it must return a prediction of the "
+                        "input's shape")
+    return pred
+
+
 class Denoiser:
     """Any ``model(x, t) -> prediction`` plus what it predicts and the process it lives on.
 
@@ -81,11 +91,8 @@ class Denoiser:
 
     def __call__(self, x: Tensor, t) -> Denoised:
         t = as_time(t, x.shape[0], like=x)
-        pred = self.model(x, t)
+        pred = checked_prediction(self.model(x, t), x)
         self.nfe += 1
-        if pred.shape != x.shape:
-            raise UserError(f"the model returned shape {tuple(pred.shape)} for input {tuple(x.shape)}; "
-                            "it must return a prediction of the input's shape")
         return Denoised(*to_x0_eps(pred, self.prediction, x, self.process.alpha(t), self.process.sigma(t)))
 
     def score(self, x: Tensor, t) -> Tensor:

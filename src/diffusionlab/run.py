@@ -42,6 +42,9 @@ def default_network(dataset: Dataset) -> dict:
     if dataset.kind == "vector":
         return {"type": "mlp", "dim": dataset.shape[0], "hidden": 256, "depth": 4}
     channels, size = dataset.shape[0], dataset.shape[-1]
+    if dataset.shape[-2] != size:
+        raise UserError(f"the default UNet takes square images, these are {dataset.shape[-2]}×{size}: crop or pad "
+                        "them to H = W, or give a network of your own with --config")
     half = -(-size // 2)  # the feature maps halve by stride-2 convolutions: ⌈size/2⌉, ⌈⌈size/2⌉/2⌉
     if size <= 16:
         return {"type": "unet", "in_channels": channels, "image_size": size, "base_channels": 64,

@@ -462,9 +462,15 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, n_toy:
     # Stored in float32 like the data; the splits are scaled with these stored values, so that
     # to_data_units inverts them up to the final float32 rounding.
     shift, scale = shift.to(torch.float32), scale.to(torch.float32)
+    train = _standardize(train, shift, scale).to(torch.float32)
+    test = _standardize(test, shift, scale).to(torch.float32)
+    if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and torch.isfinite(train).all()
+            and torch.isfinite(test).all()):
+        raise UserError(f"{raw.name}: the values exceed float32's range (about 3.4e38) once scaled; rescale the data "
+                        "(e.g. divide it by a large constant) and save it again")
     return Dataset(
-        train=_standardize(train, shift, scale).to(torch.float32),
-        test=_standardize(test, shift, scale).to(torch.float32),
+        train=train,
+        test=test,
         kind=raw.kind,
         shape=tuple(data.shape[1:]),
         levels=raw.levels,

@@ -105,6 +105,9 @@ def save_checkpoint(
     ``config`` and ``extra`` must be JSON-serializable and are stored verbatim. Everything is serialized before
     the first byte is written, so a bad ``config`` raises :class:`UserError` and leaves the old checkpoint as is.
     """
+    if isinstance(step, bool) or not isinstance(step, int) and not (isinstance(step, float) and step.is_integer()) \
+            or step < 0:
+        raise UserError(f"save_checkpoint: step must be a whole number >= 0, got {step!r}")
     tensors = _flatten_tensors(model, ema, optimizer, rng_states, loss_state)
     tensor_bytes = safetensors.torch.save(tensors)
     record = {
@@ -118,11 +121,15 @@ def save_checkpoint(
     json_bytes = to_json_bytes(record)
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _keep_previous_tensors(run_dir)
-    atomic_write_bytes(run_dir / TENSORS_NAME, tensor_bytes)
-    atomic_write_bytes(run_dir / JSON_NAME, json_bytes)
-    (run_dir / PREVIOUS_TENSORS_NAME).unlink(missing_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _keep_previous_tensors(run_dir)
+        atomic_write_bytes(run_dir / TENSORS_NAME, tensor_bytes)
+        atomic_write_bytes(run_dir / JSON_NAME, json_bytes)
+        (run_dir / PREVIOUS_TENSORS_NAME).unlink(missing_ok=True)
+    except OSError as error:  # a full disk, no permission, a file where the folder should be: the old pair stays
+        raise UserError(f"cannot write the checkpoint into {run_dir}: {error.strerror or error}"
+                        + (f" ({error.filename})" if error.filename else "")) from None
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:

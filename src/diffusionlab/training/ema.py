@@ -12,6 +12,7 @@ early EMA follows the live weights closely and only slowly becomes a long averag
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import torch
@@ -33,8 +34,8 @@ class EMA:
     """
 
     def __init__(self, model: torch.nn.Module, decay: float = 0.999):
-        if not 0.0 <= decay < 1.0:
-            raise UserError(f"EMA decay must be in [0, 1), got {decay}; typical values are 0.999 or 0.9999")
+        if isinstance(decay, bool) or not isinstance(decay, numbers.Real) or not 0.0 <= decay < 1.0:
+            raise UserError(f"EMA decay must be a number in [0, 1), got {decay!r}; typical values are 0.999 or 0.9999")
         self.decay = float(decay)
         self.shadow = {name: value.detach().clone() for name, value in model.state_dict().items()}
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -165,16 +166,29 @@ def train(
     is not exact; a loss that keeps state between calls must expose it as ``state_dict()`` / ``load_state_dict()``
     (tensors), which every checkpoint saves and a resume restores, per rank. Under torchrun ``model`` arrives
     wrapped in DistributedDataParallel, so call it only through ``model(...)``. ``run_config`` (JSON) is stored
-    verbatim in every checkpoint: it is what a later process needs to rebuild the model. ``resume=True`` continues from the checkpoint in ``run_dir`` (which must exist);
-    ``resume=False`` refuses a ``run_dir`` that already holds one. ``on_checkpoint(step)`` is called on rank 0
+    verbatim in every checkpoint: it is what a later process needs to rebuild the model. ``resume=True`` continues
+    from the checkpoint in ``run_dir`` (which must exist), on the same examples (compared by sha256) and with the
+    same ``run_config`` outside its ``train`` and ``data`` sections; ``resume=False`` refuses a ``run_dir`` that
+    already holds one. A run that fails before its first checkpoint leaves no empty ``run_dir`` behind. ``on_checkpoint(step)`` is called on rank 0
     after each checkpoint is on disk. The data is moved to the training device once, so it must fit there.
     """
     to_json_bytes(run_config)  # fail now, not at the first checkpoint
-    _check_data(data, config.batch_size)
-    with _thread_count(config.num_threads), _distributed(config.device) as dist:
-        trainer = _Trainer(model, loss_fn, data, config, Path(run_dir), run_config, dist)
-        trainer.start(resume)
-        return trainer.run(progress, on_checkpoint)
+    _check_data(data, config.batch_size, model)
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"cannot train into {run_dir}: it is a file; give a new or existing folder")
+    created = not run_dir.exists()
+    try:
+        with _thread_count(config.num_threads), _distributed(config.device) as dist:
+            trainer = _Trainer(model, loss_fn, data, config, run_dir, run_config, dist)
+            trainer.start(resume)
+            return trainer.run(progress, on_checkpoint)
+    except BaseException:
+        if created and os.environ.get("RANK", "0") == "0":
+            with contextlib.suppress(OSError):  # never hide the error that got us here
+                if not any(run_dir.iterdir()):
+                    run_dir.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
 
 
 # ------------------------------------------------------------------------------------------- environment
@@ -255,12 +269,19 @@ def _thread_count(num_threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _check_data(data: torch.Tensor, batch_size: int) -> None:
+def _check_data(data: torch.Tensor, batch_size: int, model: torch.nn.Module | None = None) -> None:
     if not isinstance(data, torch.Tensor) or data.ndim == 0:
         raise UserError("data must be a tensor of examples, shape (n, ...)")
+    if not data.is_floating_point():
+        raise UserError(f"the training data is {data.dtype}; diffusion needs floating-point data: convert it "
+                        "(load_dataset does, to [−1, 1] or standardised units)")
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()} if model is not None else set()
+    if dtypes and data.dtype not in dtypes:
+        raise UserError(f"the training data is {data.dtype} but the model's weights are "
+                        f"{', '.join(sorted(map(str, dtypes)))}; convert one to the other")
     if len(data) < batch_size:
         raise UserError(f"batch_size={batch_size} is larger than the data ({len(data)} examples); lower batch_size")
-    if data.is_floating_point() and not torch.isfinite(data).all():
+    if not torch.isfinite(data).all():
         raise UserError("the training data contains NaN or inf; clean or re-normalise it")
 
 
@@ -353,6 +374,7 @@ class _Trainer:
         self.stats = _LossStats()
         self.step = 0
         self.last_checkpoint: int | None = None
+        self.data_sha256 = tensor_sha256(data)
 
     # -- start
 
@@ -396,6 +418,17 @@ class _Trainer:
         if state["world_size"] != self.dist.world_size:
             raise UserError(f"the checkpoint was trained with {state['world_size']} processes, this run has "
                             f"{self.dist.world_size}; resume with the same number of processes")
+        if state.get("data_sha256", self.data_sha256) != self.data_sha256:
+            raise UserError(f"the checkpoint in {self.run_dir} was trained on other data (another sha256 of the "
+                            "examples); resume with the same data, or start a new run directory")
+        # What the run config may change on resume: its "train" section (TrainConfig, whose changes warn) and its
+        # "data" section (where the data lives; the examples themselves are checked by their fingerprint above).
+        changed = sorted(key for key in set(checkpoint.config) | set(self.run_config)
+                         if key not in ("train", "data") and checkpoint.config.get(key) != self.run_config.get(key))
+        if changed:
+            raise UserError(f"run_config differs from the checkpoint's in {', '.join(map(str, changed))}: a resume "
+                            "continues the same run (only its 'train' and 'data' sections may change); pass the "
+                            "stored config (load_checkpoint(run_dir).config) or start a new run directory")
         return state
 
     def _load_loss_generator(self, state: torch.Tensor) -> None:
@@ -435,7 +468,7 @@ class _Trainer:
         try:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError, TypeError) as error:
-            raise UserError(f"the optimizer state in the checkpoint does not fit the model ({one_line(error)}); "
+            raise UserError(f"the optimizer state in the checkpoint does not fit the model ({one_line(error)[:300]}); "
                             "rebuild the model from the config stored with the checkpoint") from None
 
     def _warn_short_ema(self) -> None:
@@ -540,7 +573,8 @@ class _Trainer:
         if not self.dist.is_main:
             return
         trainer_state = {"sampler": self.sampler.position_record(), "loss_stats": dataclasses.asdict(self.stats),
-                         "world_size": self.dist.world_size, "train_config": dataclasses.asdict(self.config)}
+                         "world_size": self.dist.world_size, "train_config": dataclasses.asdict(self.config),
+                         "data_sha256": self.data_sha256}
         save_checkpoint(self.run_dir, model=self.model, ema=self.ema, optimizer=self.optimizer, step=self.step,
                         config=self.run_config, rng_states=rng_states, extra={"trainer": trainer_state},
                         loss_state=loss_state)
@@ -549,6 +583,13 @@ class _Trainer:
 
 
 # ------------------------------------------------------------------------------------------- helpers
+
+
+def tensor_sha256(data: torch.Tensor) -> str:
+    """A fingerprint of a tensor's shape, dtype and values (to tell on resume whether the data is the same)."""
+    digest = hashlib.sha256(f"{tuple(data.shape)} {data.dtype}".encode())
+    digest.update(data.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _has_state(loss_fn: Any) -> bool:
@@ -568,7 +609,7 @@ def _load_module(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> Non
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
-        raise UserError(f"the checkpoint's model weights do not fit the model ({one_line(error)}); rebuild the "
+        raise UserError(f"the checkpoint's model weights do not fit the model ({one_line(error)[:300]}); rebuild the "
                         "model from the config stored with the checkpoint") from None
 
 
