@@ -47,3 +47,10 @@ def check_count(name: str, value, low: int = 0) -> int:
     if n is None or n < low:
         raise UserError(f"{name} must be an integer >= {low}, got {value!r}")
     return n
+
+
+def check_flag(name: str, value) -> bool:
+    """``value`` as a bool; anything else (``"false"``, 0, None) is refused rather than read as true or false."""
+    if not isinstance(value, bool):
+        raise UserError(f"{name} must be True or False, got {value!r}")
+    return value

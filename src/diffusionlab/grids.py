@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import UserError, check_count
+from .errors import UserError, check_count, check_range
+from .processes.base import Process
 
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 
@@ -79,6 +80,9 @@ def time_grid(process, steps: int, kind: str = "uniform", rho: float = 7.0) -> T
     if kind not in GRIDS:
         raise UserError(f"unknown time grid {kind!r}: choose one of {', '.join(GRIDS)}")
     steps = check_count("steps", steps, 1)
+    if not isinstance(process, Process):
+        raise UserError(f"time_grid needs a process (dl.DDPM(), dl.VPSDE(), …), got {type(process).__name__}")
+    rho = check_range("karras rho", rho, 0.0, 1e3, open_low=True)
     if process.discrete and steps > process.T:
         raise UserError(f"steps={steps} exceeds the {process.T} steps this DDPM was trained with")
     t_min, t_max = float(process.t_min), float(process.t_max)

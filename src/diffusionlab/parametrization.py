@@ -71,11 +71,12 @@ class Denoised(NamedTuple):
 def checked_prediction(pred, x: Tensor) -> Tensor:
     """``pred``, after checking that the model returned a tensor of the input's shape (broadcasting would turn an
     (n, 1) or (d,) output into a finite loss and silently train the wrong thing)."""
-    if not isinstance(pred, Tensor) or pred.shape != x.shape:
-        got = tuple(pred.shape) if isinstance(pred, Tensor) else type(pred).__name__
-        raise UserError(f"the model returned {got} for input {tuple(x.shape)}; it must return a prediction of the "
+    if not isinstance(pred, Tensor) or pred.shape != x.shape or not pred.is_floating_point():
+        got = (f"{tuple(pred.shape)} {pred.dtype}" if isinstance(pred, Tensor) else
+               f"a {type(pred).__name__} (a model returning an output object: pass a function returning its tensor)")
+        raise UserError(f"the model returned {got} for input {tuple(x.shape)}; it must return a real tensor of the "
                         "input's shape")
-    return pred
+    return pred if pred.dtype == x.dtype else pred.to(x.dtype)  # the state keeps x's dtype
 
 
 class Denoiser:

@@ -7,11 +7,14 @@ tableau and error norm as scipy's ``solve_ivp(method="RK45")``, against which it
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
+
+from .errors import UserError
 
 # Dormand–Prince 5(4) tableau (Dormand & Prince 1980).
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
@@ -42,6 +45,9 @@ class ODESolution:
 
 
 def _rms(x: Tensor) -> Tensor:
+    """Root mean square, accumulated in at least float32 (a float16 square overflows above 256)."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
     return x.pow(2).mean().sqrt()
 
 
@@ -79,7 +85,8 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
     nfe += 1
     while direction * (t1 - t) > 1e-12 * max(1.0, abs(t1)):
         if steps + rejected >= max_steps:
-            raise RuntimeError(f"dopri5: more than {max_steps} steps between t={t0} and t={t1}")
+            raise UserError(f"dopri5: more than {max_steps} steps between t={t0:g} and t={t1:g} (now at t={t:g}); the "
+                            "ODE is too stiff for these tolerances: loosen rtol/atol, or check the model")
         h = min(h, abs(t1 - t))
         dh = direction * h
         k = [f]
@@ -91,6 +98,12 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
         err = dh * sum(e * kj for e, kj in zip(_E, k) if e != 0.0)
         scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
         err_norm = float(_rms(err / scale))
+        if not math.isfinite(err_norm) and not all(bool(torch.isfinite(kj).all()) for kj in k):
+            # shrinking the step cannot help: the model returned NaN/inf (or the dtype overflowed)
+            narrow = y.dtype in (torch.float16, torch.bfloat16)
+            raise UserError(f"the ODE's right-hand side is not finite (at solver time {t:g}): "
+                            + (f"{y.dtype} overflowed, use float32 or float64" if narrow
+                               else "the model returned NaN/inf; check the model"))
         if err_norm <= 1.0:
             t, y, f = t + dh, y_new, k[6]
             steps += 1

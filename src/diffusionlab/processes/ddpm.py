@@ -44,6 +44,17 @@ def posterior_mean_var(x_t: Tensor, x0: Tensor, beta_t, alpha_bar_t, alpha_bar_p
     return mean, (1 - alpha_bar_prev) * beta_t / (1 - alpha_bar_t)
 
 
+def _wide(t: Tensor) -> Tensor:
+    """float16/bfloat16 times in float32: their 3–4 significant digits cannot locate a step of T = 1000
+    (bfloat16 holds 999/1000 as 0.9961), so the schedule is looked up at float32 precision."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _like(value: Tensor, t: Tensor) -> Tensor:
+    """``value`` in the dtype of the times it was computed for."""
+    return value.to(t.dtype) if t.is_floating_point() else value
+
+
 class DDPM(Process):
     """DDPM with T steps and a β schedule (``linear``: 1e-4 → 0.02, Ho et al.; ``cosine``: Nichol & Dhariwal).
 
@@ -54,10 +65,10 @@ class DDPM(Process):
     discrete = True
 
     def __init__(self, T: int = 1000, schedule: str = "linear", **schedule_kwargs):
-        self.T = int(T)
+        self.betas = make_betas(schedule, T, **schedule_kwargs)
+        self.T = len(self.betas)
         self.schedule = schedule
         self.schedule_kwargs = dict(schedule_kwargs)
-        self.betas = make_betas(schedule, self.T, **schedule_kwargs)
         self.alphas = 1 - self.betas
         self._log_alpha_bar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(torch.log(self.alphas), 0)])
         self.alpha_bars = torch.exp(self._log_alpha_bar)
@@ -83,7 +94,9 @@ class DDPM(Process):
         return tables
 
     def _log_alpha_bar_at(self, t: Tensor) -> Tensor:
-        """log ᾱ(t), linear in t between grid points: log ᾱ_i + (tT − i)(log ᾱ_{i+1} − log ᾱ_i), i = ⌊tT⌋."""
+        """log ᾱ(t), linear in t between grid points: log ᾱ_i + (tT − i)(log ᾱ_{i+1} − log ᾱ_i), i = ⌊tT⌋.
+        (In float32 for float16/bfloat16 times, see ``_wide``.)"""
+        t = _wide(t)
         table, _, increments = self._tables(t)
         u = (t * self.T).clamp(0, self.T)
         i0 = u.floor()
@@ -97,26 +110,27 @@ class DDPM(Process):
         keeps round-off in t·T from selecting the next interval: 1e-6 steps, or 8 ulps of T in t's dtype when
         that is coarser (a float32 grid time 999/1000 is 999.0000129 steps).
         """
+        t = _wide(t)
         _, slopes, _ = self._tables(t)
         tol = max(1e-6, 8 * torch.finfo(t.dtype).eps * self.T) if t.is_floating_point() else 0.0
         return slopes[torch.ceil(t * self.T - tol).clamp(1, self.T).long() - 1]
 
     def alpha(self, t: Tensor) -> Tensor:
-        return torch.exp(0.5 * self._log_alpha_bar_at(t))
+        return _like(torch.exp(0.5 * self._log_alpha_bar_at(t)), t)
 
     def sigma(self, t: Tensor) -> Tensor:
-        return torch.sqrt(-torch.expm1(self._log_alpha_bar_at(t)))
+        return _like(torch.sqrt(-torch.expm1(self._log_alpha_bar_at(t))), t)
 
     def d_log_alpha(self, t: Tensor) -> Tensor:
-        return 0.5 * self._interval_slope(t)
+        return _like(0.5 * self._interval_slope(t), t)
 
     def d_sigma2(self, t: Tensor) -> Tensor:
-        return -torch.exp(self._log_alpha_bar_at(t)) * self._interval_slope(t)
+        return _like(-torch.exp(self._log_alpha_bar_at(t)) * self._interval_slope(t), t)
 
     def g2(self, t: Tensor) -> Tensor:
         """g(t)² = β(t) = −d log ᾱ/dt: the generic dσ²/dt − 2 f σ² with σ² = 1 − ᾱ, f = ½ d log ᾱ/dt,
         in one lookup (variance preserving: ᾱ cancels)."""
-        return -self._interval_slope(t)
+        return _like(-self._interval_slope(t), t)
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
         """Closed-form inverse of λ(t) = log(ᾱ(t)/(1 − ᾱ(t))): log ᾱ = log sigmoid(λ), then the linear piece of

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, check_count, check_range
 
 
 def linear_betas(T: int, beta_start: float | None = None, beta_end: float | None = None) -> Tensor:
@@ -41,15 +41,20 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:
 
 
 SCHEDULES = {"linear": linear_betas, "cosine": cosine_betas}
+SCHEDULE_OPTIONS = {"linear": ("beta_start", "beta_end"), "cosine": ("s", "max_beta")}
 
 
 def make_betas(schedule: str, T: int, **kwargs) -> Tensor:
     """β_1 … β_T of a named schedule (``linear`` or ``cosine``)."""
     if schedule not in SCHEDULES:
         raise UserError(f"unknown beta schedule {schedule!r}: choose one of {', '.join(SCHEDULES)}")
-    if T < 1:
-        raise UserError(f"the number of diffusion steps T must be at least 1, got {T}")
-    betas = SCHEDULES[schedule](T, **kwargs)
+    T = check_count("the number of diffusion steps T", T, 2)  # one step cannot reach the prior and denoise too
+    try:
+        betas = SCHEDULES[schedule](T, **{k: v if v is None else check_range(f"{schedule} schedule {k}", v)
+                                          for k, v in kwargs.items()})
+    except TypeError as error:
+        raise UserError(f"the {schedule} schedule takes no such option ({error}); its options: "
+                        f"{', '.join(SCHEDULE_OPTIONS[schedule])}") from None
     if not bool(((betas > 0) & (betas < 1)).all()):
         raise UserError(f"every β_t must lie in (0, 1); the {schedule} schedule with {kwargs or 'defaults'} "
                         f"gives values from {float(betas.min()):.3g} to {float(betas.max()):.3g}")

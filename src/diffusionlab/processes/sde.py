@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import UserError, check_range
 from .base import Process
 
 
@@ -23,7 +24,14 @@ class VPSDE(Process):
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
-        self.beta_min, self.beta_max, self.t_min = float(beta_min), float(beta_max), float(t_min)
+        name = type(self).__name__
+        self.beta_min = check_range(f"{name} beta_min", beta_min, 0.0, 1e6)
+        self.beta_max = check_range(f"{name} beta_max", beta_max, 0.0, 1e6, open_low=True)
+        self.t_min = check_range(f"{name} t_min", t_min, 0.0, 1.0, open_low=True)
+        if self.beta_max < self.beta_min:
+            raise UserError(f"{name} needs beta_min <= beta_max, got {self.beta_min:g} > {self.beta_max:g}")
+        if self.t_min >= 1.0:
+            raise UserError(f"{name} t_min must be below t_max = 1, got {self.t_min:g}")
 
     def config(self) -> dict:
         return {"process": "vp", "beta_min": self.beta_min, "beta_max": self.beta_max, "t_min": self.t_min}
@@ -49,7 +57,10 @@ class VPSDE(Process):
         """Closed-form inverse of λ(t): α² = sigmoid(λ), and ½Δβ t² + β_min t + log sigmoid(λ) = 0."""
         log_a2 = torch.nn.functional.logsigmoid(torch.as_tensor(lam, dtype=torch.float64))
         delta = self.beta_max - self.beta_min
-        return (-self.beta_min + torch.sqrt(self.beta_min**2 - 2 * delta * log_a2)) / delta
+        if delta == 0:  # constant β: log α² = −β t
+            return -log_a2 / self.beta_min
+        # the root in the form without cancellation: t = −2 log α² / (β_min + sqrt(β_min² − 2Δβ log α²))
+        return -2 * log_a2 / (self.beta_min + torch.sqrt(self.beta_min**2 - 2 * delta * log_a2))
 
     def d_sigma2(self, t: Tensor) -> Tensor:
         # σ² = 1 − α²  ⇒  dσ²/dt = −2 α² d log α/dt = α² β(t); then g² = β(t) as in the lecture.
@@ -82,7 +93,13 @@ class VESDE(Process):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5):
-        self.sigma_min, self.sigma_max, self.t_min = float(sigma_min), float(sigma_max), float(t_min)
+        self.sigma_min = check_range("VESDE sigma_min", sigma_min, 0.0, 1e30, open_low=True)
+        self.sigma_max = check_range("VESDE sigma_max", sigma_max, 0.0, 1e30, open_low=True)
+        self.t_min = check_range("VESDE t_min", t_min, 0.0, 1.0, open_low=True)
+        if self.sigma_max <= self.sigma_min:
+            raise UserError(f"VESDE needs sigma_min < sigma_max, got {self.sigma_min:g} >= {self.sigma_max:g}")
+        if self.t_min >= 1.0:
+            raise UserError(f"VESDE t_min must be below t_max = 1, got {self.t_min:g}")
         self.prior_std = self.sigma_max
 
     def config(self) -> dict:

@@ -104,17 +104,26 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
     if unknown:
         raise UserError(f"the {sampler} sampler takes no option {', '.join(unknown)} "
                         f"(its options: {', '.join(accepted) or 'none'})")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise UserError(f"generator must be a torch.Generator (or None), got {type(generator).__name__}")
+    if callback is not None and not callable(callback):
+        raise UserError(f"callback must be a function callback(k, t, x), got {type(callback).__name__}")
     if x_T is None:
         if shape is None:
             raise UserError("give either shape=(n, ...) or the starting noise x_T")
-        shape = tuple(shape)
-        if not shape:
-            raise UserError("shape must be (n, ...) with n >= 1 samples, got ()")
-        check_count("the number of samples n = shape[0]", shape[0], 1)
+        if not isinstance(shape, (tuple, list, torch.Size)) or not shape:
+            raise UserError(f"shape must be a tuple (n, ...) with n >= 1 samples, got {shape!r}")
+        shape = (check_count("the number of samples n = shape[0]", shape[0], 1),
+                 *(check_count("every size in shape", s, 1) for s in shape[1:]))
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise UserError(f"dtype must be a floating torch dtype such as torch.float32, got {dtype!r}")
         x_T = process.prior_sample(shape, generator, dtype=dtype, device=device)
     elif not (isinstance(x_T, Tensor) and x_T.is_floating_point() and x_T.ndim >= 1 and len(x_T) >= 1):
         raise UserError("x_T must be a floating-point tensor of shape (n, ...) with n >= 1 "
                         f"(got {type(x_T).__name__} {getattr(x_T, 'dtype', '')} {tuple(getattr(x_T, 'shape', ()))})")
+    elif not bool(torch.isfinite(x_T).all()):
+        raise UserError("x_T contains NaN or inf; start from finite noise")
+    grid_kind = grid
     if isinstance(grid, str):
         grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
     else:
@@ -125,14 +134,26 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
         warnings.warn(f"a grid of 1 time makes no {sampler} step: the result is "
                       + ("the model's one-call estimate E[x0 | x_T], close to the data mean, not a sample"
                          if denoise else "x_T itself") + "; use steps >= 2", stacklevel=3)
+    if options.get("coefficients") is not None and isinstance(grid_kind, str):
+        raise UserError("fitted coefficients belong to the grid they were fitted on: pass grid=fit.grid with them")
     denoiser = Denoiser(model, process, prediction)
+    last = [0]  # the callback's k: 0 at x_T, then every step (adaptive solvers may take more than the grid's)
     if callback is not None:
+        user_callback = callback
+
+        def callback(k, t, x):
+            last[0] = k
+            user_callback(k, t, x)
+
         callback(0, grid[0], x_T)
     x = step_fn(denoiser, process, x_T, grid, generator=generator, callback=callback, **options)
     if denoise:
         x = denoiser(x, as_time(grid[-1], x.shape[0], like=x)).x0
         if callback is not None:
-            callback(len(grid), torch.zeros((), dtype=torch.float64), x)
+            callback(max(last[0] + 1, len(grid)), torch.zeros((), dtype=torch.float64), x)
+    if not bool(torch.isfinite(x).all()):
+        raise UserError("sampling produced NaN/inf: the model returned non-finite values or the sampler diverged; "
+                        "check the model (an under-trained or diverged one), or try another sampler or grid")
     return (x, denoiser.nfe) if return_nfe else x
 
 

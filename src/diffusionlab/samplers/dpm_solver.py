@@ -24,7 +24,7 @@ import math
 import torch
 
 from .._tensor import randn_like
-from ..errors import UserError
+from ..errors import UserError, check_flag
 
 
 def half_log_snr(process, t) -> float:
@@ -104,6 +104,7 @@ def dpmpp_sde_update(x, x0s, lams, t_coef, s_coef, order: int, z):
 
 
 def _multistep(denoiser, process, x, grid, callback, order, lower_order_final, generator=None, sde=False):
+    lower_order_final = check_flag("DPM-Solver++ lower_order_final", lower_order_final)
     steps = len(grid)
     x0s, lams = [], []
     for k in range(steps - 1):
@@ -126,8 +127,9 @@ def dpmpp(denoiser, process, x, grid, *, generator=None, callback=None, order: i
           lower_order_final: bool = True):
     """DPM-Solver++ multistep of ``order`` 1, 2 or 3 (see ``dpmpp_update``); order 1 is DDIM (η = 0).
     NFE = steps − 1 (+1 for the final denoise)."""
-    if order not in ORDERS:
-        raise UserError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    if isinstance(order, bool) or order not in ORDERS:
+        raise UserError(f"DPM-Solver++ order must be 1, 2 or 3, got {order!r}")
+    order = int(order)
     return _multistep(denoiser, process, x, grid, callback, order, lower_order_final)
 
 

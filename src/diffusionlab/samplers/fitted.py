@@ -108,7 +108,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     minimised and reported, ``"rms"`` or ``"mean"`` distance (``tuning.sampling_error``). Needs a model that is
     differentiable in x."""
     from . import time_grid  # here to avoid an import cycle
-    from .tuning import check_objective, distances, exact_solution, squared_distances
+    from .tuning import check_objective, check_reference, distances, exact_solution, squared_distances
 
     check_objective(objective)
     starts = tuple(starts)
@@ -122,6 +122,7 @@ def fit_multistep(model, process, grid, x_T: Tensor, *, prediction: str = "eps",
     grid = explicit_grid(grid, process, 2, "fit_multistep's grid")
     if reference is None:
         reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
+    check_reference(reference, x_T)
     denoiser = Denoiser(model, process, prediction)
     t_end = as_time(grid[-1], 1, like=x_T)
     shape = list(range(2, len(grid) + 1))  # row k has k + 2 numbers

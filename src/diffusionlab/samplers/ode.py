@@ -44,8 +44,8 @@ def ode_rk45(denoiser, process, x, grid, *, generator=None, callback=None, rtol:
     dx/dt = f x − ½ g² ∇log p_t, but its right-hand side depends on the schedule only through σ̃, so it is
     smooth even where β(t) jumps (DDPM's piecewise-constant β made RK45 in t take ~30× more steps and still
     miss the solution by ~1e-3). Tolerances apply to y. ``callback(k, t, x)`` after each accepted step."""
-    rtol = check_range("ode_rk45 rtol", rtol, 0.0, open_low=True)
-    atol = check_range("ode_rk45 atol", atol, 0.0, open_low=True)
+    rtol = check_range("ode_rk45 rtol", rtol, 0.0, 1.0, open_low=True)
+    atol = check_range("ode_rk45 atol", atol, 0.0, 1.0, open_low=True)
     t_hi, t_lo = (torch.as_tensor(float(v), dtype=torch.float64) for v in (grid[0], grid[-1]))
 
     def noise_to_signal(t):

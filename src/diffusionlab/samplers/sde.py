@@ -54,7 +54,7 @@ def predictor_corrector(denoiser, process, x, grid, *, generator=None, callback=
     steps at t, then an Euler–Maruyama predictor step to the next time s. The corrector's α is
     α²_{t|s} = α_t²/α_s²: exactly 1 − β_i on DDPM's grid (Song et al.'s α_i for VP and sub-VP), 1 for VE.
     NFE = (steps − 1)(1 + corrector_steps) (+1 for the final denoising step)."""
-    snr = check_range("predictor_corrector snr", snr, 0.0, open_low=True)
+    snr = check_range("predictor_corrector snr", snr, 0.0, 1e6, open_low=True)
     corrector_steps = check_count("predictor_corrector corrector_steps", corrector_steps, 0)
 
     def step(x, t, s):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..errors import UserError
+from ..errors import UserError, check_count
 
 DETERMINISTIC = ("ddim", "ode_euler", "ode_heun", "dpmpp_2m", "dpmpp_3m", "unipc", "edm_heun", "fitted_multistep")
 
@@ -91,6 +91,13 @@ def exact_solution(model, process, x_T: Tensor, *, prediction: str = "eps", rtol
     return sample(model, process, "ode_rk45", x_T=x_T, grid=t_ends, prediction=prediction, rtol=rtol, atol=rtol)
 
 
+def check_reference(reference, x_T: Tensor) -> None:
+    """The exact outputs given for ``x_T`` must match it draw for draw (broadcasting would fit to garbage)."""
+    if not torch.is_tensor(reference) or reference.shape != x_T.shape:
+        got = tuple(reference.shape) if torch.is_tensor(reference) else type(reference).__name__
+        raise UserError(f"reference must be the exact outputs of x_T, shape {tuple(x_T.shape)}, got {got}")
+
+
 def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, prediction: str = "eps",
                   reference: Tensor | None = None, start="logsnr", sweeps: int = 4, candidates: int = 16,
                   rtol: float = 1e-7, objective: str = "rms", **options) -> GridSearchResult:
@@ -103,11 +110,17 @@ def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, pred
     check_objective(objective)
     if sampler not in DETERMINISTIC:
         raise UserError(f"optimize_grid fits deterministic samplers ({', '.join(DETERMINISTIC)}), not {sampler!r}")
-    if int(steps) < 2:
-        raise UserError("optimize_grid needs steps >= 2")
+    steps = check_count("optimize_grid steps", steps, 2)
+    candidates = check_count("optimize_grid candidates", candidates, 1)
+    if sampler == "ddim" and float(options.get("eta", 0.0)) != 0.0:
+        raise UserError("optimize_grid fits deterministic samplers: ddim with eta > 0 is stochastic (drop eta)")
     if reference is None:
         reference = exact_solution(model, process, x_T, prediction=prediction, rtol=rtol)
-    starts = list(start) if isinstance(start, (list, tuple)) else [start]
+    check_reference(reference, x_T)
+    # one grid (a tensor, or a list of numbers) or a list of starts (kinds or grids)
+    one = isinstance(start, str) or torch.is_tensor(start) or (
+        isinstance(start, (list, tuple)) and all(isinstance(v, (int, float)) for v in start))
+    starts = [start] if one else list(start)
     results = [_search(model, process, sampler, steps, x_T, prediction, reference, s, sweeps, candidates, objective,
                        options)
                for s in starts]
@@ -118,7 +131,7 @@ def optimize_grid(model, process, sampler: str, steps: int, x_T: Tensor, *, pred
 def _search(model, process, sampler, steps, x_T, prediction, reference, start, sweeps, candidates, objective,
             options):
     """Coordinate descent on the lattice from one starting grid (see the module docstring)."""
-    from . import sample, time_grid  # here to avoid an import cycle
+    from . import explicit_grid, sample, time_grid  # here to avoid an import cycle
 
     lattice = grid_lattice(process)
     if int(steps) > len(lattice):
@@ -134,7 +147,8 @@ def _search(model, process, sampler, steps, x_T, prediction, reference, start, s
         return e if math.isfinite(e) else math.inf
 
     # the starting grid, moved onto the lattice (strictly increasing indices)
-    start_t = time_grid(process, steps, start) if isinstance(start, str) else torch.as_tensor(start, dtype=torch.float64)
+    start_t = time_grid(process, steps, start) if isinstance(start, str) else explicit_grid(
+        start, process, 2, "a starting grid of optimize_grid")
     if len(start_t) != int(steps):
         raise UserError(f"a starting grid must have steps={steps} times, got {len(start_t)}")
     idx = [int(torch.argmin((lattice - t).abs())) for t in start_t]

@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, check_flag
 from .dpm_solver import coefficients, step_order
 
 VARIANTS = ("bh1", "bh2")
@@ -77,8 +77,11 @@ def unipc(denoiser, process, x, grid, *, generator=None, callback=None, order: i
     """UniPC-``order`` (1, 2 or 3): UniP predictor + UniC corrector (``corrector=False``: UniP only).
     ``variant`` ``bh2`` (B(h) = e^h − 1, recommended for few steps) or ``bh1`` (B(h) = h).
     NFE = steps − 1 (+1 for the final denoise)."""
-    if order not in (1, 2, 3):
-        raise UserError(f"UniPC order must be 1, 2 or 3, got {order}")
+    if isinstance(order, bool) or order not in (1, 2, 3):
+        raise UserError(f"UniPC order must be 1, 2 or 3, got {order!r}")
+    order = int(order)
+    corrector = check_flag("UniPC corrector", corrector)
+    lower_order_final = check_flag("UniPC lower_order_final", lower_order_final)
     if variant not in VARIANTS:
         raise UserError(f"unknown UniPC variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     steps = len(grid)
