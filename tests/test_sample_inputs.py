@@ -269,3 +269,20 @@ def test_bad_sample_arguments_are_one_line_errors(kwargs, fragment):
     kwargs = {"sampler": "ddim", "steps": 5, **kwargs}
     with pytest.raises(UserError, match=fragment):
         dl.sample(_model(VP), VP, **kwargs)
+
+
+def test_log_likelihood_and_load_dataset_check_their_arguments():
+    import numpy as np
+
+    from diffusionlab.data import load_dataset
+
+    x = _start(VP, n=2)
+    for kwargs, fragment in ((dict(probes=0, trace="hutchinson"), "probes"), (dict(probes=2.5), "probes"),
+                             (dict(rtol="1e-3"), "rtol")):
+        with pytest.raises(UserError, match=fragment):
+            dl.log_likelihood(_model(VP), VP, x, **kwargs)
+    with pytest.raises(UserError, match="floating-point tensor"):
+        dl.log_likelihood(_model(VP), VP, x.long())
+    assert load_dataset("moons", seed=np.int64(3)).train.shape == load_dataset("moons", seed=3).train.shape
+    with pytest.raises(UserError, match="seed"):
+        load_dataset("moons", seed=2**64 - 1)

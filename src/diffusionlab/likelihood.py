@@ -23,7 +23,7 @@ from torch import Tensor
 
 from ._tensor import as_time, randn_like
 from .dynamics import probability_flow
-from .errors import UserError
+from .errors import UserError, check_count, check_range
 from .parametrization import Denoiser
 from .solvers import dopri5
 
@@ -70,6 +70,12 @@ def log_likelihood(model, process, x: Tensor, prediction: str = "eps", *, trace:
         raise UserError(f"unknown trace {trace!r}: choose 'auto', 'exact' or 'hutchinson'")
     if probe not in PROBES:
         raise UserError(f"unknown probe {probe!r}: choose one of {', '.join(PROBES)}")
+    if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 1 and len(x) >= 1):
+        raise UserError("log_likelihood needs x as a floating-point tensor of shape (n, ...) with n >= 1, got "
+                        f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+    probes = check_count("probes", probes, 1)
+    rtol = check_range("rtol", rtol, 0.0, 1.0, open_low=True)
+    atol = check_range("atol", atol, 0.0, 1.0, open_low=True)
     n, dims = x.shape[0], x[0].numel()
     exact = trace == "exact" or (trace == "auto" and dims <= 16)
     reps = 1 if exact else int(probes)

@@ -40,6 +40,7 @@ most N - 1) go to ``test``, the rest, in permuted order, to ``train``.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import tempfile
 import zipfile
@@ -436,11 +437,18 @@ def _scaling(train: torch.Tensor, kind: str, levels: int | None) -> tuple[torch.
     return ((high + low) / 2).reshape(1, 1, 1), _safe_scale((high - low) / 2).reshape(1, 1, 1)
 
 
-def _check_options(seed: int, test_fraction: float) -> None:
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _error(f"seed must be a non-negative integer, got {seed!r}")
+def _check_options(seed: int, test_fraction: float) -> int:
+    """The seed as an int (numpy integers included), after checking both options."""
+    given = seed
+    try:
+        seed = None if isinstance(seed, bool) else operator.index(seed)
+    except TypeError:
+        seed = None
+    if seed is None or not 0 <= seed < 2**63:
+        raise _error(f"seed must be an integer from 0 to 2**63 - 1, got {given!r}")
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0.0 < test_fraction < 1.0:
         raise _error(f"test_fraction must be strictly between 0 and 1, got {test_fraction!r}")
+    return seed
 
 
 def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, n_toy: int = 20000) -> Dataset:
@@ -449,7 +457,7 @@ def load_dataset(spec: str, *, seed: int = 0, test_fraction: float = 0.1, n_toy:
     See the module docstring for the accepted specs, the value conventions and the scaling rules.
     Every bad input raises :class:`~diffusionlab.errors.UserError` with a one-line message.
     """
-    _check_options(seed, test_fraction)
+    seed = _check_options(seed, test_fraction)
     raw = _resolve(str(spec), seed, n_toy)
     # Images stay uint8 until scaled (a float64 copy of a large image set would not fit in memory); float16
     # is widened so the scaling arithmetic is not done in half precision; float64 is kept for precision.
