@@ -318,3 +318,21 @@ def test_data_beyond_float32_and_non_square_images_are_refused(tmp_path):
 
     with pytest.raises(UserError, match="square images, these are 4×6"):
         default_network(Wide())
+
+
+def test_eval_labels_strata_beyond_the_number_of_terms_as_all(runs, capsys):
+    code, out, _ = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 8, "--strata", 5000)
+    assert code == 0 and json.loads(out)["terms"] == "all"  # T = 50: 5,000 strata are every term
+    code, out, _ = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 8, "--strata", 5)
+    assert code == 0 and json.loads(out)["terms"] == "stratified, 5 per example"
+
+
+@pytest.mark.parametrize("bad", [dict(levels=True), dict(levels=1), dict(shape=[-3]), dict(shift=[0.0, 0.0, 0.0]),
+                                 dict(scale=[0.0, 1.0]), dict(shift=[float("nan"), 0.0])])
+def test_damaged_dataset_metadata_is_refused(bad):
+    from diffusionlab.data import Dataset, load_dataset
+
+    meta = json.loads(load_dataset("moons").to_json())
+    assert Dataset.from_json(meta).shape == (2,)
+    with pytest.raises(UserError, match="dataset metadata"):
+        Dataset.from_json({**meta, **bad})

@@ -459,7 +459,8 @@ def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None 
               "bpd": float(bits_per_dim(nll, dims).mean()),
               "stderr": float(bits_per_dim(nll, dims).std() / math.sqrt(len(x))) if len(x) > 1 else None}
     if method == "elbo":
-        result["terms"] = "all" if strata is None else f"stratified, {strata} per example"
+        terms = run.process.T if run.process.discrete else None  # a stratified estimate with K >= T is every term
+        result["terms"] = "all" if strata is None or (terms and strata >= terms) else f"stratified, {strata} per example"
         result["variance"] = variance
     else:
         result["trace"] = "exact" if info["exact_trace"] else "hutchinson"

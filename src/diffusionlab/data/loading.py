@@ -152,9 +152,20 @@ class Dataset:
             name = str(meta["name"])
         except (ValueError, TypeError, KeyError) as exc:
             raise _error(f"dataset metadata is unreadable ({exc!r}); it must come from Dataset.to_json()") from exc
-        if kind not in ("image", "vector") or (levels is not None and not isinstance(levels, int)):
-            raise _error(f"dataset metadata has kind={kind!r}, levels={levels!r}; it must come from Dataset.to_json()")
+        bad_levels = levels is not None and (isinstance(levels, bool) or not isinstance(levels, int) or levels < 2)
+        if kind not in ("image", "vector") or bad_levels or not shape or min(shape) < 1:
+            raise _error(f"dataset metadata has kind={kind!r}, shape={list(shape)}, levels={levels!r}; it must come "
+                         "from Dataset.to_json()")
+        if not (torch.isfinite(shift).all() and torch.isfinite(scale).all() and bool((scale > 0).all())):
+            raise _error("dataset metadata has a non-finite shift or a scale that is not positive; it must come from "
+                         "Dataset.to_json()")
         empty = torch.empty((0, *shape), dtype=torch.float32)
+        try:
+            torch.broadcast_shapes(shift.shape, empty.shape[1:])
+            torch.broadcast_shapes(scale.shape, empty.shape[1:])
+        except RuntimeError:
+            raise _error(f"dataset metadata has shift/scale of shapes {tuple(shift.shape)}/{tuple(scale.shape)} that do "
+                         f"not fit examples of shape {tuple(shape)}; it must come from Dataset.to_json()") from None
         return cls(empty, empty.clone(), kind, shape, levels, shift, scale, name)
 
 
