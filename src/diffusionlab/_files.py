@@ -56,3 +56,20 @@ def write_atomically(path: Path, write: Callable[[object], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_together(outputs: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:
+    """All or nothing for several files: ``write(partial)`` for each ``(path, write)`` to a hidden file next to
+    ``path`` (same extension, so writers that check it accept it), then every partial file is renamed onto its
+    path; if any write fails, none of the paths changes and the partial files are removed."""
+    token = secrets.token_hex(4)
+    partial = [path.with_name(f".{path.stem}.{token}.partial{path.suffix}") for path, _ in outputs]
+    try:
+        for (_, write), tmp in zip(outputs, partial):
+            write(tmp)
+        for (path, _), tmp in zip(outputs, partial):
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in partial:
+            tmp.unlink(missing_ok=True)
+        raise

@@ -6,7 +6,6 @@ import copy
 import json
 import math
 import os
-import secrets
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from . import run as runs
-from ._files import checked_output_path, write_atomically
+from ._files import checked_output_path, write_atomically, write_together
 from .data import BUILTIN_DATASETS, load_dataset
 from .errors import UserError
 from .evaluation import save_image_grid, save_scatter, save_trajectory, save_trajectory_2d
@@ -128,16 +127,8 @@ def _load_training_data(spec: str, data_cfg: dict):
     return load_dataset(spec, seed=int(data_cfg.get("seed", 0)), test_fraction=float(data_cfg.get("test_fraction", 0.1)))
 
 
-def _run_folder(path: str) -> Path:
-    """A run directory to train into: a folder or a name that does not exist yet, not a file."""
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: give a new or existing folder for the run")
-    return out
-
-
 def train(args) -> int:
-    out = _run_folder(args.out)
+    out = Path(args.out)  # the trainer refuses a file there
     if args.resume:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
@@ -235,23 +226,6 @@ def generate(run, n: int, sampler: str, steps: int | None, seed: int, grid: str 
                   generator=generator, grid=grid, callback=keep if trajectory_every else None, denoise=denoise,
                   return_nfe=True, **(options or {}))
     return x, frames, nfe  # finite: dl.sample refuses NaN/inf
-
-
-def write_together(outputs) -> None:
-    """All or nothing: ``write(partial)`` for each ``(path, write)`` to a hidden file next to ``path`` (same
-    extension), then every partial file is renamed onto its path; if any write fails, none of the paths changes
-    and the partial files are removed."""
-    token = secrets.token_hex(4)
-    partial = [path.with_name(f".{path.stem}.{token}.partial{path.suffix}") for path, _ in outputs]
-    try:
-        for (_, write), tmp in zip(outputs, partial):
-            write(tmp)
-        for (path, _), tmp in zip(outputs, partial):
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp in partial:
-            tmp.unlink(missing_ok=True)
-        raise
 
 
 def check_drawable(run, path: Path) -> None:
@@ -542,7 +516,9 @@ DEMO_CONFIG = {
 
 def demo(args) -> int:
     t_start = time.perf_counter()
-    out = _run_folder(args.out)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: give a new or existing folder for the demo")
     run_dir = out / "run"
     config_path = out / "demo_config.json"
     cfg = json.loads(json.dumps(DEMO_CONFIG))

@@ -169,8 +169,8 @@ def train(
     verbatim in every checkpoint: it is what a later process needs to rebuild the model. ``resume=True`` continues
     from the checkpoint in ``run_dir`` (which must exist), on the same examples (compared by sha256) and with the
     same ``run_config`` outside its ``train`` and ``data`` sections; ``resume=False`` refuses a ``run_dir`` that
-    already holds one. A run that fails before its first checkpoint leaves no empty ``run_dir`` behind. ``on_checkpoint(step)`` is called on rank 0
-    after each checkpoint is on disk. The data is moved to the training device once, so it must fit there.
+    already holds one. A run that fails before its first checkpoint leaves no empty ``run_dir`` behind.
+    ``on_checkpoint(step)`` is called on rank 0 after each checkpoint is on disk. The data is moved to the training device once, so it must fit there.
     """
     to_json_bytes(run_config)  # fail now, not at the first checkpoint
     _check_data(data, config.batch_size, model)
