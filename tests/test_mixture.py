@@ -337,3 +337,14 @@ def test_invalid_mixture_raises_user_error(weights, means, covariances):
 def test_points_of_wrong_dimension_raise_user_error():
     with pytest.raises(UserError):
         GaussianMixture.ring().log_prob(torch.zeros(4, 3, dtype=F64))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianMixture.ring(k=0),
+    lambda: GaussianMixture(torch.ones(1), torch.tensor([[float("nan"), 0.0]]), torch.eye(2)[None]),
+    lambda: GaussianMixture(torch.ones(1), torch.zeros(1, 2), torch.eye(2)[None] * float("inf")),
+    lambda: GaussianMixture(torch.ones(0), torch.zeros(0, 2), torch.zeros(0, 2, 2)),
+])
+def test_a_mixture_with_bad_parameters_is_refused(make):
+    with pytest.raises(UserError):
+        make()

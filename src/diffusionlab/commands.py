@@ -18,6 +18,7 @@ from ._files import checked_output_path, write_atomically, write_together
 from .data import BUILTIN_DATASETS, load_dataset
 from .errors import UserError
 from .evaluation import save_image_grid, save_scatter, save_trajectory, save_trajectory_2d
+from .evaluation.plots import drawable
 from .likelihood import bits_per_dim, dequantize, discrete_nll_from_density, log_likelihood
 from .nets import count_parameters
 from .objectives import negative_elbo
@@ -232,7 +233,7 @@ def check_drawable(run, path: Path) -> None:
     """Refuse, before any sampling, a picture of data that has no picture: images need C = 1 or 3 channels,
     vectors D >= 2 coordinates (a scatter plot of the first two)."""
     shape = tuple(run.dataset.shape)
-    if (shape[0] not in (1, 3)) if run.dataset.kind == "image" else (shape[0] < 2):
+    if not drawable(run.dataset.kind, shape):
         what = "images with 1 or 3 channels" if run.dataset.kind == "image" else "vectors of 2 or more coordinates"
         raise UserError(f"cannot draw {path}: this run's examples have shape {shape}, and pictures are made of "
                         f"{what}; write the samples to a .npy file instead")

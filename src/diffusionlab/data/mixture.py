@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from diffusionlab.errors import UserError
+from diffusionlab.errors import UserError, check_count
 
 _F64 = torch.float64
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -105,8 +105,12 @@ class GaussianMixture:
             raise UserError(f"weights must have shape ({k},) to match the means, got {tuple(weights.shape)}")
         if covariances.shape != (k, d, d):
             raise UserError(f"covariances must have shape ({k}, {d}, {d}), got {tuple(covariances.shape)}")
+        if k == 0 or d == 0:
+            raise UserError(f"a mixture needs at least one component in at least one dimension, got means {(k, d)}")
         if not (torch.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0):
             raise UserError("mixture weights must be finite, non-negative and not all zero")
+        if not (torch.isfinite(means).all() and torch.isfinite(covariances).all()):
+            raise UserError("mixture means and covariances must be finite")
         asymmetry = (covariances - covariances.mT).abs().max()
         if asymmetry > 1e-8 * covariances.abs().max():
             raise UserError(f"covariances must be symmetric (max |Σ - Σᵀ| = {asymmetry:.3g})")
@@ -121,6 +125,7 @@ class GaussianMixture:
     @classmethod
     def ring(cls, k: int = 8, radius: float = 2.0, std: float = 0.1) -> "GaussianMixture":
         """k equal-weight isotropic 2-D Gaussians (std ``std``) centred at ``radius (cos 2πj/k, sin 2πj/k)``."""
+        k = check_count("ring k", k, 1)
         angles = 2.0 * math.pi * torch.arange(k, dtype=_F64) / k
         means = radius * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
         covariances = (std**2) * torch.eye(2, dtype=_F64).expand(k, 2, 2)

@@ -56,10 +56,20 @@ def _save_figure(figure: Figure, path: Path) -> None:
 # -------------------------------------------------------------------------------------------- images
 
 
+IMAGE_CHANNELS = (1, 3)  # grey or RGB: what a picture of images can show
+MIN_POINT_DIMS = 2  # a scatter plot shows the first two coordinates
+
+
+def drawable(kind: str, shape) -> bool:
+    """Whether examples of ``shape`` (without the batch axis) have a picture: images with C in
+    ``IMAGE_CHANNELS``, vectors of at least ``MIN_POINT_DIMS`` coordinates."""
+    return shape[0] in IMAGE_CHANNELS if kind == "image" else shape[0] >= MIN_POINT_DIMS
+
+
 def _as_images(images, name: str = "images") -> torch.Tensor:
     """``images`` as a float (n, C, H, W) CPU tensor with C in {1, 3}, clipped to [0, 1]."""
     images = torch.as_tensor(images).detach().cpu().float()
-    if images.ndim != 4 or images.shape[0] == 0 or images.shape[1] not in (1, 3):
+    if images.ndim != 4 or images.shape[0] == 0 or not drawable("image", images.shape[1:]):
         raise UserError(
             f"{name} must be a non-empty (n, C, H, W) tensor with C = 1 or 3, got shape {tuple(images.shape)}"
         )
@@ -188,7 +198,7 @@ def _save_gif(frames: list[torch.Tensor], path: Path, ncol: int) -> None:
 def _as_points(points, name: str) -> torch.Tensor:
     """``points`` as a float (n, D) CPU tensor with D >= 2."""
     points = torch.as_tensor(points).detach().cpu().float()
-    if points.ndim != 2 or points.shape[1] < 2:
+    if points.ndim != 2 or not drawable("vector", points.shape[1:]):
         raise UserError(f"{name} must be an (n, D) array with D >= 2, got shape {tuple(points.shape)}")
     return points
 
