@@ -694,6 +694,21 @@ def test_likelihood_gaussian_probes_are_within_their_standard_errors():
     assert float(info["stderr"].mean()) > 1.5 * float(rademacher["stderr"].mean())
 
 
+@pytest.mark.parametrize("name", ["vp", "ddpm"])
+def test_likelihood_is_as_accurate_on_ddpm_as_on_vp(name):
+    """The likelihood ODE runs in σ̃ = σ/α, where DDPM's piecewise-constant β leaves no kinks: on the ring, with the
+    default tolerances (rtol = atol = 1e-5), DDPM is as accurate as VP (measured: mean |error| 1.1e-4 nats on
+    both, 164 model evaluations). Integrated in t, DDPM's 1000 kinks made it 7.6e-3 with 416 evaluations (and
+    1.9e-3 with 9,200 at rtol 1e-7). Bound: 5e-4 nats mean, 0.01 nats on each point, fewer than 300 evaluations."""
+    process = make(name)
+    model = eps_predictor(RING, process.alpha, process.sigma)
+    x, exact = _exact_and_points(RING, process, 64, seed=1)
+    ll, info = dl.log_likelihood(model, process, x, "eps", trace="exact", return_info=True)
+    err = ll - exact
+    assert float(err.abs().mean()) < 5e-4 and float(err.abs().max()) < 0.01, (float(err.abs().mean()), float(err.abs().max()))
+    assert info["nfe"] < 300, info["nfe"]
+
+
 @pytest.mark.parametrize("name", ["ve", "ddpm"])
 def test_likelihood_of_a_gaussian_on_ve_and_ddpm(name):
     """A zero-mean Gaussian (so the prior mismatch is only its variance: VE p_1 = N(0, Σ + 2500 I) against

@@ -5,7 +5,13 @@ solution x_t of dx/dt = v(x, t),
 
     d log p_t(x_t)/dt = −∇·v(x_t, t)   ⇒   log p_{t_min}(x) = log p_T(x_T) + ∫_{t_min}^{T} ∇·v(x_t, t) dt,
 
-with x_T the ODE solution started at x. The divergence is exact (D vector–Jacobian products; for low
+with x_T the ODE solution started at x. It is integrated as the same ODE in the noise-to-signal ratio
+σ̃ = σ/α for y = x/α, dy/dσ̃ = u(y, σ̃) = ε̂(α y, t(σ̃)) (see ``dynamics.scaled_probability_flow``), whose
+right-hand side is smooth even where β(t) jumps. The density of y = x/α is α^D times that of x, so
+
+    log p_{t_min}(x) = log p_T(x_T) + D log α(T) − D log α(t_min) + ∫_{σ̃(t_min)}^{σ̃(T)} ∇_y·u dσ̃,
+
+x_T = α(T) y(σ̃(T)). The divergence is exact (D vector–Jacobian products; for low
 dimension) or Hutchinson's estimate E_z[zᵀ (∂v/∂x) z] with Rademacher or Gaussian probes z fixed along the
 solve (Grathwohl et al. 2019). The result is the density of p_{t_min} (the data smoothed by σ(t_min)).
 
@@ -21,8 +27,8 @@ import math
 import torch
 from torch import Tensor
 
-from ._tensor import as_time, randn_like
-from .dynamics import probability_flow
+from ._tensor import randn_like
+from .dynamics import noise_to_signal, scaled_probability_flow
 from .errors import UserError, check_count, check_range
 from .parametrization import Denoiser
 from .solvers import dopri5
@@ -84,16 +90,19 @@ def log_likelihood(model, process, x: Tensor, prediction: str = "eps", *, trace:
     denoiser = Denoiser(model, process, prediction)
     m = xr.shape[0]
 
-    def fun(t: float, y: Tensor) -> Tensor:
+    def fun(s: float, y: Tensor) -> Tensor:
         state = y[:, :dims].reshape(xr.shape)
-        v_fn = lambda s: probability_flow(denoiser, process, s, as_time(t, m, like=s))  # noqa: E731
-        v, div = _divergence_exact(v_fn, state) if exact else _divergence_hutchinson(v_fn, state, z)
-        return torch.cat([v.reshape(m, -1), div[:, None]], dim=1)
+        u_fn = lambda v: scaled_probability_flow(denoiser, process, v, s)  # noqa: E731
+        u, div = _divergence_exact(u_fn, state) if exact else _divergence_hutchinson(u_fn, state, z)
+        return torch.cat([u.reshape(m, -1), div[:, None]], dim=1)
 
-    y0 = torch.cat([xr.reshape(m, -1), torch.zeros(m, 1, dtype=x.dtype, device=x.device)], dim=1)
-    sol = dopri5(fun, float(process.t_min), float(process.t_max), y0, rtol=rtol, atol=atol)
-    x_T = sol.y[:, :dims].reshape(xr.shape)
-    ll = (process.prior_log_prob(x_T) + sol.y[:, dims]).reshape(reps, n)
+    t_lo, t_hi = (torch.tensor(float(v), dtype=torch.float64) for v in (process.t_min, process.t_max))
+    a_lo, a_hi = float(process.alpha(t_lo)), float(process.alpha(t_hi))
+    y0 = torch.cat([xr.reshape(m, -1) / a_lo, torch.zeros(m, 1, dtype=x.dtype, device=x.device)], dim=1)
+    sol = dopri5(fun, noise_to_signal(process, t_lo), noise_to_signal(process, t_hi), y0, rtol=rtol, atol=atol)
+    x_T = sol.y[:, :dims].reshape(xr.shape) * a_hi
+    jacobian = dims * (math.log(a_hi) - math.log(a_lo))  # log-density of y = x/α is that of x plus D log α
+    ll = (process.prior_log_prob(x_T) + jacobian + sol.y[:, dims]).reshape(reps, n)
     mean = ll.mean(dim=0)
     if not return_info:
         return mean

@@ -3,12 +3,10 @@ integrated from t_max down to t_min: Euler (lecture §4), Heun (2nd order) and a
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._tensor import bcast
-from ..dynamics import probability_flow
+from ..dynamics import noise_to_signal, probability_flow, scaled_probability_flow, time_of_noise_to_signal
 from ..errors import check_range
 from ..solvers import dopri5
 from ._loop import integrate
@@ -48,19 +46,16 @@ def ode_rk45(denoiser, process, x, grid, *, generator=None, callback=None, rtol:
     atol = check_range("ode_rk45 atol", atol, 0.0, 1.0, open_low=True)
     t_hi, t_lo = (torch.as_tensor(float(v), dtype=torch.float64) for v in (grid[0], grid[-1]))
 
-    def noise_to_signal(t):
-        return float(process.sigma(t) / process.alpha(t))
-
-    def time_of(s: float):
-        return process.t_from_log_snr(torch.tensor(-2.0 * math.log(s), dtype=torch.float64))
-
     def fun(s, y):
-        t = time_of(s)
-        return denoiser(bcast(process.alpha(t), y) * y, t).eps
+        return scaled_probability_flow(denoiser, process, y, s)
+
+    def x_of(s, y):
+        return y * float(process.alpha(time_of_noise_to_signal(process, s)))
 
     counter = iter(range(1, 10**9))
     on_step = None if callback is None else (
-        lambda s, y: callback(next(counter), time_of(s), y * float(process.alpha(time_of(s)))))
+        lambda s, y: callback(next(counter), time_of_noise_to_signal(process, s), x_of(s, y)))
     a_hi, a_lo = float(process.alpha(t_hi)), float(process.alpha(t_lo))
-    sol = dopri5(fun, noise_to_signal(t_hi), noise_to_signal(t_lo), x / a_hi, rtol=rtol, atol=atol, on_step=on_step)
+    sol = dopri5(fun, noise_to_signal(process, t_hi), noise_to_signal(process, t_lo), x / a_hi, rtol=rtol,
+                 atol=atol, on_step=on_step)
     return sol.y * a_lo
