@@ -710,7 +710,7 @@ def test_save_checkpoint_refuses_a_bad_step_or_folder_and_keeps_the_old_pair(tmp
     save_checkpoint(tmp_path / "r", model=model, step=3, config={})
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
     for step in (-5, 2.7, True, "3"):
-        with pytest.raises(UserError, match="step must be a whole number"):
+        with pytest.raises(UserError, match="step must be an integer >= 0"):
             save_checkpoint(tmp_path / "r", model=model, step=step, config={})
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="cannot write the checkpoint into"):

@@ -39,23 +39,44 @@ def _is_run_file(path: Path) -> bool:
     return path.name.lower() in names and checkpoint_exists(path.parent)
 
 
-def write_atomically(path: Path, write: Callable[[object], None]) -> None:
-    """Call ``write(file_object)`` on a fresh temporary file next to ``path``, then move it onto ``path``.
+def write_atomically(path: Path, write: Callable[[object], None], *, durable: bool = False) -> None:
+    """Call ``write(file_object)`` on a fresh temporary file next to ``path``, then move it onto ``path``:
+    readers, and a crash, see the old file or the new one, never a mix.
 
     The temporary file lives in the same folder so that :func:`os.replace` is a rename on one file system
     (atomic); it is opened with plain ``open`` (not mkstemp) so that it gets the usual umask permissions.
+    ``durable`` (checkpoints, the training log): the file is fsync'ed before the rename, so that the rename
+    cannot reach the disk before the data, and the folder after it, so that the rename itself survives a power
+    cut. An OSError (a full disk, a read-only folder) is a one-line :class:`UserError`; no temporary file stays.
     """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "xb") as handle:
             write(handle)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:
+            _fsync_dir(path.parent)
     except OSError as error:  # a full disk, a read-only or vanished folder, a folder in the way
         tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write '{path}': {error.strerror or error}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename durable (POSIX); directories cannot be opened for fsync on Windows, where it is skipped."""
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_together(outputs: Sequence[tuple[Path, Callable[[Path], None]]]) -> None:

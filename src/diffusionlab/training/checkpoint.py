@@ -51,7 +51,8 @@ import safetensors
 import safetensors.torch
 import torch
 
-from diffusionlab.errors import UserError
+from diffusionlab._files import write_atomically
+from diffusionlab.errors import UserError, check_count
 
 TENSORS_NAME = "checkpoint.safetensors"
 JSON_NAME = "checkpoint.json"
@@ -105,9 +106,7 @@ def save_checkpoint(
     ``config`` and ``extra`` must be JSON-serializable and are stored verbatim. Everything is serialized before
     the first byte is written, so a bad ``config`` raises :class:`UserError` and leaves the old checkpoint as is.
     """
-    if isinstance(step, bool) or not isinstance(step, int) and not (isinstance(step, float) and step.is_integer()) \
-            or step < 0:
-        raise UserError(f"save_checkpoint: step must be a whole number >= 0, got {step!r}")
+    step = check_count("save_checkpoint: step", step)
     tensors = _flatten_tensors(model, ema, optimizer, rng_states, loss_state)
     tensor_bytes = safetensors.torch.save(tensors)
     record = {
@@ -124,8 +123,8 @@ def save_checkpoint(
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         _keep_previous_tensors(run_dir)
-        atomic_write_bytes(run_dir / TENSORS_NAME, tensor_bytes)
-        atomic_write_bytes(run_dir / JSON_NAME, json_bytes)
+        write_atomically(run_dir / TENSORS_NAME, lambda handle: handle.write(tensor_bytes), durable=True)
+        write_atomically(run_dir / JSON_NAME, lambda handle: handle.write(json_bytes), durable=True)
         (run_dir / PREVIOUS_TENSORS_NAME).unlink(missing_ok=True)
     except OSError as error:  # a full disk, no permission, a file where the folder should be: the old pair stays
         raise UserError(f"cannot write the checkpoint into {run_dir}: {error.strerror or error}"
@@ -152,27 +151,6 @@ def load_checkpoint(run_dir: str | os.PathLike) -> Checkpoint:
         loss_state=groups["loss"],
         sha256=record["safetensors_sha256"],
     )
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers (and a crash) see the old file or the new one, never a mix.
-
-    The temporary file lives in the same directory because ``os.replace`` is only atomic within one file
-    system; the file is fsync'ed before the rename so the rename cannot reach the disk before the data, and
-    the directory is fsync'ed after it so the rename itself is durable.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def check_state_keys(expected: Iterable[str], state: Mapping[str, Any], what: str) -> None:
@@ -296,17 +274,6 @@ def _committed_hash(run_dir: Path) -> str | None:
         return json.loads((run_dir / JSON_NAME).read_bytes())["safetensors_sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); directories cannot be opened for fsync on Windows, where it is skipped."""
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(data: bytes) -> str:

@@ -36,11 +36,11 @@ import torch.distributed as torch_dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from diffusionlab._files import write_atomically
 from diffusionlab.errors import UserError, check_count, check_range
 from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training.checkpoint import (
     Checkpoint,
-    atomic_write_bytes,
     check_state_keys,
     checkpoint_exists,
     load_checkpoint,
@@ -634,7 +634,8 @@ def _trim_log(path: Path, last_step: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     kept = [line for line in lines if _is_logged_through(line, last_step)]
     if kept != lines:
-        atomic_write_bytes(path, "".join(kept).encode("utf-8"))
+        data = "".join(kept).encode("utf-8")
+        write_atomically(path, lambda handle: handle.write(data), durable=True)
 
 
 def _is_logged_through(line: str, last_step: int) -> bool:
