@@ -9,6 +9,7 @@ import torch
 import diffusionlab as dl
 from diffusionlab.data import GaussianMixture, eps_predictor
 from diffusionlab.errors import UserError
+from diffusionlab.nets import build_network
 
 MIX = GaussianMixture.ring()
 DDPM = dl.DDPM(T=1000)
@@ -233,6 +234,28 @@ def test_ddpm_schedule_in_half_precision_uses_the_right_beta_interval(dtype):
         got = fun(t)
         assert got.dtype == dtype
         torch.testing.assert_close(got.float(), fun(t.float()).to(dtype).float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "ancestral"])
+def test_half_precision_states_give_the_model_float32_times(sampler):
+    """A bfloat16 state keeps its dtype, but the times it passes to the model are the float32 grid's: in bfloat16
+    DDPM's 0.889 would be 0.887 and 0.999 would be 1.0 (a time 1–4 steps off). A bfloat16 UNet takes them too."""
+    seen = []
+
+    def model(x, t):
+        seen.append(t.clone())
+        return torch.zeros_like(x)
+
+    x_T = torch.randn(4, 2, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    out = dl.sample(model, DDPM, sampler, steps=10, x_T=x_T, generator=torch.Generator().manual_seed(1))
+    assert out.dtype == torch.bfloat16
+    grid = dl.time_grid(DDPM, 10).float()
+    assert all(t.dtype == torch.float32 for t in seen)
+    torch.testing.assert_close(torch.stack([t[0] for t in seen]), grid[: len(seen)], rtol=0, atol=0)
+    net = build_network({"type": "unet", "in_channels": 1, "image_size": 8, "base_channels": 16,
+                            "channel_mults": [1, 2], "attention_resolutions": [4]}).to(torch.bfloat16)
+    x_img = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    assert dl.sample(net, DDPM, sampler, steps=4, x_T=x_img, generator=torch.Generator().manual_seed(3)).dtype == torch.bfloat16
 
 
 def test_fitted_coefficients_need_their_grid_and_references_their_noise():
