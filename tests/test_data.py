@@ -406,6 +406,8 @@ ERROR_CASES = {
     "negative integer images": (lambda p: save_npy(p, np.full((3, 4, 4), -1, dtype=np.int16)), "0..255"),
     "integer images over 255": (lambda p: save_npy(p, np.full((3, 4, 4), 300, dtype=np.uint16)), "0..255"),
     "complex dtype": (lambda p: save_npy(p, np.zeros((3, 2), dtype=np.complex64)), "dtype"),
+    "long double beyond float64": (lambda p: save_npy(p, np.array([[0.0, 1.0], [2.0, 3.0]], dtype=np.longdouble)
+                                                     * np.longdouble(1e308) * np.longdouble(1e10)), "infinite"),
     "corrupt npy": (lambda p: _write(p, "bad.npy", b"garbage" * 10), "cannot read"),
     "truncated npy": (lambda p: _write(p, "cut.npy", _bytes_of(np.save, np.zeros((100, 10)))[:300]), "cannot read"),
     "npz saved as npy": (lambda p: _write(p, "renamed.npy", _bytes_of(np.savez, x=np.zeros((3, 2)))), ".npz archive"),
@@ -429,6 +431,15 @@ def test_bad_input_raises_one_line_user_error(tmp_path, case):
     message = str(info.value)
     assert expected in message
     assert "\n" not in message and "\r" not in message
+
+
+def test_long_double_arrays_load_as_float64(tmp_path):
+    """torch has no long double: such an array is read as float64 (it was a raw TypeError)."""
+    values = np.linspace(-1, 1, 12).reshape(6, 2)
+    got = load_dataset(save_npy(tmp_path, values.astype(np.longdouble)))
+    expected = load_dataset(save_npy(tmp_path, values, name="f64.npy"))
+    assert got.train.dtype == expected.train.dtype
+    assert torch.equal(got.train, expected.train) and torch.equal(got.test, expected.test)
 
 
 def test_unknown_name_mentions_paths():

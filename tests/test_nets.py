@@ -167,6 +167,30 @@ def test_build_network_rejects_bad_configs(config, message):
     assert "\n" not in str(info.value)
 
 
+def test_numpy_integers_are_taken_and_other_types_refused():
+    """Sizes computed with numpy are ints, stored as Python ints (a config must be JSON); strings, fractions and
+    scalars where a list belongs are one-line errors (they were TypeErrors)."""
+    import json
+
+    import numpy as np
+
+    unet = UNet(base_channels=np.int64(16), channel_mults=(1, np.int64(2)), attention_resolutions=[np.int64(4)])
+    mlp = MLP(dim=np.int64(2), hidden=np.int32(8))
+    for config in (unet.config, mlp.config):
+        assert json.loads(json.dumps(config)) == config
+    assert unet.config["base_channels"] == 16 and type(unet.config["channel_mults"][1]) is int
+    for kwargs, message in [({"base_channels": 16.5}, "base_channels must be an integer"),
+                            ({"num_res_blocks": "2"}, "num_res_blocks must be an integer"),
+                            ({"channel_mults": 2}, "channel_mults must be a list"),
+                            ({"attention_resolutions": [4.5]}, "attention_resolutions entries"),
+                            ({"dropout": "0.1"}, "dropout must be a number")]:
+        with pytest.raises(UserError, match=message) as info:
+            UNet(**kwargs)
+        assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="MLP depth must be an integer >= 0"):
+        MLP(dim=2, depth=-1)
+
+
 def test_wrong_input_shapes_raise_user_error():
     with pytest.raises(UserError):
         small_unet()(torch.randn(2, 3, 8, 8), torch.rand(2))

@@ -309,6 +309,8 @@ def _from_array(array: np.ndarray, source: str, name: str) -> _Raw:
         array = array.astype(np.uint8)
     if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
         raise _error(f"{source}: unsupported dtype {array.dtype}; store integers or floats")
+    if np.issubdtype(array.dtype, np.floating) and array.dtype not in (np.float16, np.float32, np.float64):
+        array = array.astype(np.float64)  # long double: torch has no such dtype (out-of-range values become inf)
     if array.ndim not in (2, 3, 4):
         raise _error(
             f"{source}: array of shape {array.shape} has {array.ndim} dims; expected N×D vectors "

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffusionlab.errors import UserError
+from diffusionlab.errors import UserError, check_count
 from diffusionlab.nets.embeddings import TimeEmbedding, broadcast_time
 
 __all__ = ["MLP"]
@@ -43,9 +43,8 @@ class MLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, time_dim: int = 128):
         super().__init__()
-        for name, value, low in (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1)):
-            if not isinstance(value, int) or value < low:
-                raise UserError(f"MLP {name} must be an integer >= {low}, got {value!r}")
+        dim, hidden, depth, time_dim = (check_count(f"MLP {name}", value, low) for name, value, low in
+                                        (("dim", dim, 1), ("hidden", hidden, 1), ("depth", depth, 0), ("time_dim", time_dim, 1)))
         self.config = {"type": "mlp", "dim": dim, "hidden": hidden, "depth": depth, "time_dim": time_dim}
         self.time_embed = TimeEmbedding(time_dim, hidden)
         self.inp = nn.Linear(dim, hidden)

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffusionlab.errors import UserError
+from diffusionlab.errors import UserError, check_count, check_range
 from diffusionlab.nets.embeddings import TimeEmbedding, broadcast_time
 
 __all__ = ["UNet"]
@@ -184,10 +184,15 @@ class UNet(nn.Module):
         num_heads: int = 1,
     ):
         super().__init__()
-        channel_mults = tuple(channel_mults)
-        attention_resolutions = tuple(attention_resolutions)
+        in_channels, image_size, base_channels, num_res_blocks, num_groups, num_heads = (
+            check_count(f"UNet {name}", value, 1) for name, value in (
+                ("in_channels", in_channels), ("image_size", image_size), ("base_channels", base_channels),
+                ("num_res_blocks", num_res_blocks), ("num_groups", num_groups), ("num_heads", num_heads)))
+        channel_mults = _counts("channel_mults", channel_mults)
+        attention_resolutions = _counts("attention_resolutions", attention_resolutions)
+        dropout = check_range("UNet dropout", dropout, 0.0, 1.0)
         widths = [base_channels * m for m in channel_mults]
-        _check_config(in_channels, image_size, widths, num_res_blocks, dropout, num_groups, num_heads)
+        _check_config(widths, dropout, num_groups, num_heads)
         # Sizes of the feature maps at each level: a stride-2, padding-1, 3x3 conv maps H to ceil(H/2).
         sizes = [image_size]
         for _ in channel_mults[1:]:
@@ -272,22 +277,17 @@ class UNet(nn.Module):
         return self.out(h)
 
 
-def _check_config(
-    in_channels: int,
-    image_size: int,
-    widths: list[int],
-    num_res_blocks: int,
-    dropout: float,
-    num_groups: int,
-    num_heads: int,
-) -> None:
-    """Raise :class:`UserError` for a UNet configuration that cannot be built."""
-    if in_channels < 1 or image_size < 1 or num_res_blocks < 1 or num_groups < 1 or num_heads < 1:
-        raise UserError(
-            "UNet in_channels, image_size, num_res_blocks, num_groups and num_heads must all be >= 1"
-        )
-    if not widths or min(widths) < 1:
-        raise UserError(f"UNet channel_mults must be a non-empty list of positive integers, got widths {widths}")
+def _counts(name: str, values) -> tuple[int, ...]:
+    """A list of integers ≥ 1 (numpy integers included) as a tuple of Python ints."""
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise UserError(f"UNet {name} must be a list of integers >= 1, got {values!r}")
+    return tuple(check_count(f"UNet {name} entries", v, 1) for v in values)
+
+
+def _check_config(widths: list[int], dropout: float, num_groups: int, num_heads: int) -> None:
+    """Raise :class:`UserError` for a UNet configuration that cannot be built (the counts are checked already)."""
+    if not widths:
+        raise UserError("UNet channel_mults must be a non-empty list of positive integers, got []")
     if not 0.0 <= dropout < 1.0:
         raise UserError(f"UNet dropout must be in [0, 1), got {dropout}")
     # Concatenated skip inputs are sums of these widths, so checking each width covers them too.
