@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .errors import UserError, check_count, check_range
 from .processes.base import Process
+from .processes.ddpm import step_roundoff
 
 GRIDS = ("uniform", "quadratic", "logsnr", "karras")
 
@@ -49,7 +50,7 @@ def snap_near_grid(t: Tensor, T: int, tol: float | None = None) -> Tensor:
     ``tol`` is 8 ulps of T in float32 (~1e-3 steps at T = 1000), far below any deliberate off-grid time; times
     below step 1 are left alone (t = 0 is no grid time).
     """
-    tol = 8 * torch.finfo(torch.float32).eps * T if tol is None else tol
+    tol = step_roundoff(T) if tol is None else tol
     steps = t * T
     nearest = torch.round(steps)
     return torch.where(((steps - nearest).abs() <= tol) & (nearest >= 1), nearest / T, t)

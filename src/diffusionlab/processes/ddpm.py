@@ -55,6 +55,13 @@ def _like(value: Tensor, t: Tensor) -> Tensor:
     return value.to(t.dtype) if t.is_floating_point() else value
 
 
+def step_roundoff(T: int, dtype: torch.dtype = torch.float32) -> float:
+    """How far, in steps, round-off can move a time i/T stored in ``dtype``: 8 ulps of T (float32, T = 1000:
+    1e-3 steps). Below it a time is read as the grid time i/T (:func:`~diffusionlab.grids.snap_near_grid`, the β
+    interval lookup)."""
+    return 8 * torch.finfo(dtype).eps * T
+
+
 class DDPM(Process):
     """DDPM with T steps and a β schedule (``linear``: 1e-4 → 0.02, Ho et al.; ``cosine``: Nichol & Dhariwal).
 
@@ -112,7 +119,7 @@ class DDPM(Process):
         """
         t = _wide(t)
         _, slopes, _ = self._tables(t)
-        tol = max(1e-6, 8 * torch.finfo(t.dtype).eps * self.T) if t.is_floating_point() else 0.0
+        tol = max(1e-6, step_roundoff(self.T, t.dtype)) if t.is_floating_point() else 0.0
         return slopes[torch.ceil(t * self.T - tol).clamp(1, self.T).long() - 1]
 
     def alpha(self, t: Tensor) -> Tensor:
