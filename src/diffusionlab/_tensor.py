@@ -10,22 +10,14 @@ def as_time(t, n: int | None = None, *, like: Tensor | None = None) -> Tensor:
     """Return the time ``t`` as a 1-D tensor of length ``n``.
 
     ``t`` may be a Python float, a 0-d tensor or a tensor of shape (n,). The dtype and device follow
-    ``like`` when given (so a float64 batch gets float64 times), else float64 on the CPU; a float16 or
-    bfloat16 batch gets float32 times (see :func:`time_dtype`).
+    ``like`` when given (so a float64 batch gets float64 times), else float64 on the CPU.
     """
-    dtype = time_dtype(like.dtype) if like is not None else torch.float64
+    dtype = like.dtype if like is not None else torch.float64
     device = like.device if like is not None else None
     t = torch.as_tensor(t, dtype=dtype, device=device)
     if n is not None and t.ndim == 0:
         t = t.expand(n)
     return t
-
-
-def time_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of times for a state of ``dtype``: the same, but at least float32. bfloat16 keeps 3 digits, so a
-    DDPM time 0.999 would reach the model as 1.0 and 0.501 as 0.5 (steps ~1–4 apart); the coefficients α, σ are
-    then rounded to the state's dtype where they meet it (:func:`bcast`)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
 def bcast(a: Tensor, x: Tensor) -> Tensor:

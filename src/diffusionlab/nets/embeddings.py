@@ -11,7 +11,6 @@ import math
 import torch
 from torch import nn
 
-from diffusionlab._tensor import time_dtype
 from diffusionlab.errors import UserError
 
 __all__ = ["sinusoidal_embedding", "TimeEmbedding", "broadcast_time"]
@@ -73,20 +72,18 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` of shape ``(n,)`` → embedding of shape ``(n, out_dim)``. The sinusoids are computed in ``t``'s
-        dtype (at least float32, see :func:`broadcast_time`) and then cast to the layers' dtype."""
-        return self.mlp(sinusoidal_embedding(t, self.dim, self.scale).to(self.mlp[0].weight.dtype))
+        """``t`` of shape ``(n,)`` → embedding of shape ``(n, out_dim)``."""
+        return self.mlp(sinusoidal_embedding(t, self.dim, self.scale))
 
 
 def broadcast_time(t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """Return ``t`` as a ``(n,)`` tensor with ``x``'s dtype (float32 for a float16/bfloat16 ``x``: times keep
-    their precision) and device, where ``n = x.shape[0]``.
+    """Return ``t`` as a ``(n,)`` tensor with ``x``'s dtype and device, where ``n = x.shape[0]``.
 
     Accepts a Python number, a 0-d or one-element tensor (one time for the whole batch), or a tensor
     of shape ``(n,)``; samplers often pass a single time, so the networks accept it too.
     """
     n = x.shape[0]
-    t = torch.as_tensor(t, dtype=time_dtype(x.dtype), device=x.device)
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
     if t.numel() == 1:
         return t.reshape(1).expand(n)
     if t.shape != (n,):
