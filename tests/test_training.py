@@ -705,6 +705,20 @@ def test_the_denoising_loss_refuses_a_prediction_of_another_shape(output):
         loss(lambda x, t: output(x), torch.randn(8, 2), torch.Generator().manual_seed(0))
 
 
+def test_a_save_removes_temporaries_of_a_killed_save(tmp_path):
+    """Every write uses a fresh temporary name, so the temporary files of a save killed before its rename would
+    pile up, one per crash; the next save removes them (and nothing else)."""
+    model = make_model()
+    save_checkpoint(tmp_path / "r", model=model, step=1, config={})
+    stale = [tmp_path / "r" / ".checkpoint.safetensors.1a2b3c.tmp", tmp_path / "r" / ".checkpoint.json.4d5e6f.tmp"]
+    other = tmp_path / "r" / "notes.txt"
+    for path in [*stale, other]:
+        path.write_bytes(b"partial")
+    save_checkpoint(tmp_path / "r", model=model, step=2, config={})
+    assert not any(path.exists() for path in stale) and other.exists()
+    assert load_checkpoint(tmp_path / "r").step == 2
+
+
 def test_save_checkpoint_refuses_a_bad_step_or_folder_and_keeps_the_old_pair(tmp_path):
     model = make_model()
     save_checkpoint(tmp_path / "r", model=model, step=3, config={})

@@ -122,6 +122,7 @@ def save_checkpoint(
     run_dir = Path(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(run_dir)
         _keep_previous_tensors(run_dir)
         write_atomically(run_dir / TENSORS_NAME, lambda handle: handle.write(tensor_bytes), durable=True)
         write_atomically(run_dir / JSON_NAME, lambda handle: handle.write(json_bytes), durable=True)
@@ -246,6 +247,14 @@ def to_json_bytes(record: Any) -> bytes:
     except (TypeError, ValueError) as error:
         raise UserError(f"checkpoint config/extra must be plain JSON (str, int, finite float, bool, None, list, "
                         f"dict): {one_line(error)}") from None
+
+
+def _remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temporary files of the checkpoint pair left by a save that was killed before its rename (each write
+    uses a fresh temporary name, so nothing else would ever replace them); the trainer is the run's only writer."""
+    for name in (TENSORS_NAME, JSON_NAME):
+        for stale in run_dir.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def _keep_previous_tensors(run_dir: Path) -> None:
