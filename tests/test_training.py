@@ -429,6 +429,21 @@ def test_resume_of_a_checkpoint_without_loss_state_warns(tmp_path):
         run(tmp_path, model=TimeLinear(), loss_fn=elbo_loss(), steps=6, resume=True)
 
 
+def test_resume_uses_this_machines_adamw_kernel(tmp_path):
+    """A checkpoint's param_groups carry the saving run's kernel choice (runs saved before the fused AdamW have
+    ``fused: None``); a resume keeps the choice made for this machine (fused on CPU)."""
+    run(tmp_path, steps=5)
+    path = tmp_path / "checkpoint.json"
+    record = json.loads(path.read_text())
+    assert all(group["fused"] is True for group in record["optimizer"]["param_groups"])
+    for group in record["optimizer"]["param_groups"]:
+        group["fused"] = None
+    path.write_text(json.dumps(record))
+    run(tmp_path, steps=6, resume=True)
+    groups = json.loads(path.read_text())["optimizer"]["param_groups"]
+    assert all(group["fused"] is True for group in groups)
+
+
 def test_resume_without_checkpoint_is_user_error(tmp_path):
     with pytest.raises(UserError) as excinfo:
         run(tmp_path / "nothing", resume=True)
@@ -710,12 +725,14 @@ def test_a_save_removes_temporaries_of_a_killed_save(tmp_path):
     pile up, one per crash; the next save removes them (and nothing else)."""
     model = make_model()
     save_checkpoint(tmp_path / "r", model=model, step=1, config={})
-    stale = [tmp_path / "r" / ".checkpoint.safetensors.1a2b3c.tmp", tmp_path / "r" / ".checkpoint.json.4d5e6f.tmp"]
-    other = tmp_path / "r" / "notes.txt"
-    for path in [*stale, other]:
+    stale = [tmp_path / "r" / ".checkpoint.safetensors.0123456789ab.tmp", tmp_path / "r" / ".checkpoint.json.cdef01234567.tmp"]
+    others = [tmp_path / "r" / name for name in ("notes.txt", ".checkpoint.json.my notes.tmp", ".checkpoint.json..tmp",
+                                                  ".train_log.jsonl.0123456789ab.tmp")]
+    for path in [*stale, *others]:
         path.write_bytes(b"partial")
+    (tmp_path / "r" / ".checkpoint.json.abcdefabcdef.tmp").mkdir()  # not a file: left alone, and the save works
     save_checkpoint(tmp_path / "r", model=model, step=2, config={})
-    assert not any(path.exists() for path in stale) and other.exists()
+    assert not any(path.exists() for path in stale) and all(path.exists() for path in others)
     assert load_checkpoint(tmp_path / "r").step == 2
 
 

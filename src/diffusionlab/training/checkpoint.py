@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterable, Mapping
@@ -252,8 +253,9 @@ def to_json_bytes(record: Any) -> bytes:
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete temporary files of the checkpoint pair left by a save that was killed before its rename (each write
     uses a fresh temporary name, so nothing else would ever replace them); the trainer is the run's only writer."""
-    for name in (TENSORS_NAME, JSON_NAME):
-        for stale in run_dir.glob(f".{name}.*.tmp"):
+    names = re.compile(r"\.(%s|%s)\.[0-9a-f]{12}\.tmp" % (re.escape(TENSORS_NAME), re.escape(JSON_NAME)))
+    for stale in run_dir.iterdir():
+        if names.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
             stale.unlink(missing_ok=True)
 
 

@@ -475,11 +475,14 @@ class _Trainer:
     def _load_optimizer(self, state: dict | None) -> None:
         if state is None:
             raise UserError(f"the checkpoint in {self.run_dir} has no optimizer state; it cannot be resumed")
+        fused = [group.get("fused") for group in self.optimizer.param_groups]
         try:
             self.optimizer.load_state_dict(state)
         except (ValueError, KeyError, TypeError) as error:
             raise UserError(f"the optimizer state in the checkpoint does not fit the model ({one_line(error)[:300]}); "
                             "rebuild the model from the config stored with the checkpoint") from None
+        for group, choice in zip(self.optimizer.param_groups, fused):  # the stored groups carry the saving run's
+            group["fused"] = choice  # kernel choice: keep this machine's (a run saved before fused AdamW had None)
 
     def _warn_short_ema(self) -> None:
         message = self.ema.warn_if_short(self.config.steps)
