@@ -14,9 +14,11 @@ right-hand side is smooth even where β(t) jumps. The density of y = x/α is α^
 x_T = α(T) y(σ̃(T)). For data of unit variance u is σ̃ y/(1 + σ̃²), whose divergence D σ̃/(1 + σ̃²) integrates to
 ½ D log(1 + σ̃²) ≈ D log σ̃(T) ≈ 5 D nats on VP: the solver integrates only ∇_y·u − D σ̃/(1 + σ̃²) (a control
 variate) and the closed form is added back, so that the accumulated log-density stays small next to its
-error tolerance in high dimension (on VP the added term cancels the Jacobian exactly: α² = 1/(1 + σ̃²)). The divergence is exact (D vector–Jacobian products; for low
-dimension) or Hutchinson's estimate E_z[zᵀ (∂v/∂x) z] with Rademacher or Gaussian probes z fixed along the
-solve (Grathwohl et al. 2019). The result is the density of p_{t_min} (the data smoothed by σ(t_min)).
+error tolerance in high dimension (on VP and DDPM the added term cancels the Jacobian: α² = 1/(1 + σ̃²)).
+
+The divergence is exact (D vector–Jacobian products; for low dimension) or Hutchinson's estimate
+E_z[zᵀ (∂u/∂y) z] with Rademacher or Gaussian probes z fixed along the solve (Grathwohl et al. 2019).
+The result is the density of p_{t_min} (the data smoothed by σ(t_min)).
 
 Bits/dim: for integer data on L levels scaled to [−1, 1] (bin width δ = 2/(L − 1)), uniform
 dequantisation y = x + δ·(u − ½) gives the bound log P(x) ≥ E_u[log p(y)] + D log δ — no magic offsets:
