@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Callable, Sequence
@@ -39,6 +40,19 @@ def _is_run_file(path: Path) -> bool:
     return path.name.lower() in names and checkpoint_exists(path.parent)
 
 
+_TOKEN_BYTES = 6  # the random part of a temporary file's name: 12 hex digits
+
+
+def stale_temporaries(path: Path) -> list[Path]:
+    """The temporary files that :func:`write_atomically` leaves next to ``path`` when it is killed before its rename
+    (exactly its names, files only)."""
+    path = Path(path)
+    pattern = re.compile(r"\.%s\.[0-9a-f]{%d}\.tmp" % (re.escape(path.name), 2 * _TOKEN_BYTES))
+    if not path.parent.is_dir():
+        return []
+    return [p for p in path.parent.iterdir() if pattern.fullmatch(p.name) and p.is_file() and not p.is_symlink()]
+
+
 def write_atomically(path: Path, write: Callable[[object], None], *, durable: bool = False) -> None:
     """Call ``write(file_object)`` on a fresh temporary file next to ``path``, then move it onto ``path``:
     readers, and a crash, see the old file or the new one, never a mix.
@@ -50,7 +64,7 @@ def write_atomically(path: Path, write: Callable[[object], None], *, durable: bo
     cut. An OSError (a full disk, a read-only folder) is a one-line :class:`UserError`; no temporary file stays.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(_TOKEN_BYTES)}.tmp")
     try:
         with open(tmp, "xb") as handle:
             write(handle)

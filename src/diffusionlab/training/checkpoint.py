@@ -40,7 +40,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Iterable, Mapping
@@ -52,7 +51,7 @@ import safetensors
 import safetensors.torch
 import torch
 
-from diffusionlab._files import write_atomically
+from diffusionlab._files import stale_temporaries, write_atomically
 from diffusionlab.errors import UserError, check_count
 
 TENSORS_NAME = "checkpoint.safetensors"
@@ -253,9 +252,8 @@ def to_json_bytes(record: Any) -> bytes:
 def _remove_stale_temporaries(run_dir: Path) -> None:
     """Delete temporary files of the checkpoint pair left by a save that was killed before its rename (each write
     uses a fresh temporary name, so nothing else would ever replace them); the trainer is the run's only writer."""
-    names = re.compile(r"\.(%s|%s)\.[0-9a-f]{12}\.tmp" % (re.escape(TENSORS_NAME), re.escape(JSON_NAME)))
-    for stale in run_dir.iterdir():
-        if names.fullmatch(stale.name) and stale.is_file() and not stale.is_symlink():
+    for name in (TENSORS_NAME, JSON_NAME):
+        for stale in stale_temporaries(run_dir / name):
             stale.unlink(missing_ok=True)
 
 
