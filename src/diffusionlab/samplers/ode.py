@@ -49,12 +49,13 @@ def ode_rk45(denoiser, process, x, grid, *, generator=None, callback=None, rtol:
     def fun(s, y):
         return scaled_probability_flow(denoiser, process, y, s)
 
-    def x_of(s, y):
-        return y * float(process.alpha(time_of_noise_to_signal(process, s)))
-
     counter = iter(range(1, 10**9))
-    on_step = None if callback is None else (
-        lambda s, y: callback(next(counter), time_of_noise_to_signal(process, s), x_of(s, y)))
+
+    def report(s, y):  # callback(k, t, x) with x = α(t) y
+        t = time_of_noise_to_signal(process, s)
+        callback(next(counter), t, y * float(process.alpha(t)))
+
+    on_step = None if callback is None else report
     a_hi, a_lo = float(process.alpha(t_hi)), float(process.alpha(t_lo))
     sol = dopri5(fun, noise_to_signal(process, t_hi), noise_to_signal(process, t_lo), x / a_hi, rtol=rtol,
                  atol=atol, on_step=on_step)
