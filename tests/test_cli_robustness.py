@@ -266,7 +266,7 @@ def test_the_default_unet_builds_for_any_image_size(size):
     build_network(config)
 
 
-def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
+def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys, monkeypatch):
     data = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
     np.save(tmp_path / "old.npy", data)
     with warnings.catch_warnings():
@@ -282,11 +282,15 @@ def test_a_run_resumes_from_its_data_after_the_file_moved(tmp_path, capsys):
     np.save(tmp_path / "other.npy", data + 1)  # other examples under a new name: still refused
     code, _, err = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--data", tmp_path / "other.npy")
     one_line_error(code, err, "data.spec")
+    loads = []
+    real_load = commands.load_dataset
+    monkeypatch.setattr(commands, "load_dataset", lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         code, out, _ = run_cli(capsys, "train", "--out", run, "--resume", "--steps", 6, "--data",
                                tmp_path / "new.npy", "--no-progress")
     assert code == 0 and "step 6" in out
+    assert loads == [str(tmp_path / "new.npy")]  # found by its fingerprint and trained on: read once
     assert json.loads((run / "checkpoint.json").read_text())["config"]["data"]["spec"] == str(tmp_path / "new.npy")
     assert json.loads((run / "checkpoint.json").read_text())["extra"]["trainer"]["data_sha256"]
 

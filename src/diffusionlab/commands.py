@@ -68,14 +68,16 @@ def _train_config_from_args(args, dataset=None) -> dict:
 _RESUME_TRAIN_KEYS = ("steps", "lr", "precision")
 
 
-def _resume_config(stored: dict, args, data_sha256: str | None = None) -> dict:
+def _resume_config(stored: dict, args, data_sha256: str | None = None):
     """The stored run config, with the train ``steps``, ``lr`` and ``precision`` that this command line sets
-    (config file, then flags). The original command line plus ``--resume`` is accepted: any other flag or
-    config-file entry must agree with the run, or it is refused (it cannot take effect)."""
+    (config file, then flags), and the dataset when finding the moved data loaded it already (else None).
+    The original command line plus ``--resume`` is accepted: any other flag or config-file entry must agree
+    with the run, or it is refused (it cannot take effect)."""
     wanted = runs.merge(stored, runs.read_config_file(args.config) if args.config else {})
     wanted = runs.merge(wanted, _flag_overrides(args))
     moved = args.data is not None and not _same_data(args.data, stored["data"]["spec"])
-    if moved and not _same_content(args.data, stored["data"], data_sha256):
+    dataset = _moved_dataset(args.data, stored["data"], data_sha256) if moved else None
+    if moved and dataset is None:
         wanted["data"]["spec"] = args.data
     if args.seed is not None:
         wanted["data"]["seed"] = args.seed
@@ -94,18 +96,19 @@ def _resume_config(stored: dict, args, data_sha256: str | None = None) -> dict:
             config["train"][key] = wanted["train"][key]
     if moved:  # the same examples under a new name (the file moved): train on, from there
         config["data"]["spec"] = args.data
-    return config
+    return config, dataset
 
 
-def _same_content(spec: str, stored: dict, data_sha256: str | None) -> bool:
-    """Whether ``spec`` holds the training examples whose fingerprint the trainer recorded (runs without one:
-    never)."""
+def _moved_dataset(spec: str, stored: dict, data_sha256: str | None):
+    """The dataset at ``spec`` if it holds the training examples whose fingerprint the trainer recorded, else
+    None (also for runs without a fingerprint, and for data that does not load)."""
     if data_sha256 is None:
-        return False
+        return None
     try:
-        return tensor_sha256(_load_training_data(spec, stored).train) == data_sha256
+        dataset = _load_training_data(spec, stored)
     except UserError:
-        return False
+        return None
+    return dataset if tensor_sha256(dataset.train) == data_sha256 else None
 
 
 def _same_data(given: str, stored: str) -> bool:
@@ -134,12 +137,14 @@ def train(args) -> int:
         if not checkpoint_exists(out):
             raise UserError(f"nothing to resume in {out}: no checkpoint there (drop --resume to start a new run)")
         checkpoint = load_checkpoint(out)
-        config = _resume_config(checkpoint.config, args, ((checkpoint.extra or {}).get("trainer") or {}).get("data_sha256"))
+        data_sha256 = ((checkpoint.extra or {}).get("trainer") or {}).get("data_sha256")
+        config, dataset = _resume_config(checkpoint.config, args, data_sha256)
         spec = config["data"]["spec"]
         if args.data is None and spec not in BUILTIN_DATASETS and not Path(spec).expanduser().exists():
             raise UserError(f"the run's data {spec} is gone; if it moved, resume with --data NEW_PATH (the examples "
                             "must be the same)")
-        dataset = _load_training_data(spec, config["data"])  # the trainer refuses other examples than the run's
+        if dataset is None:
+            dataset = _load_training_data(spec, config["data"])  # the trainer refuses other examples than the run's
     else:
         if not args.data:
             raise UserError("--data is required to start a run (a built-in name or a path)")
@@ -151,7 +156,6 @@ def train(args) -> int:
         if config["data"]["seed"] != seed or config["data"].get("test_fraction", 0.1) != 0.1:
             dataset = _load_training_data(args.data, config["data"])
             config["dataset"] = json.loads(dataset.to_json())
-    model = runs.build_model(config)
     loss_fn = runs.build_loss(config, dataset.levels)
     tcfg = runs.train_config(config)
     torch.manual_seed(tcfg.seed)  # the initial weights
