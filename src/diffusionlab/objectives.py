@@ -131,12 +131,14 @@ def decoder_nll(denoiser: Denoiser, x0: Tensor, x_t: Tensor, t: Tensor, levels: 
                 x0_hat: Tensor | None = None) -> Tensor:
     """−log p_θ(x₀ | x_{t_min}) summed over dimensions (the ELBO's L_0).
 
-    p_θ(x₀ | x_t) = N(x̂₀(x_t, t), σ²_{t|0}); for DDPM's first step σ²_{t|0} = β_1 (Ho et al. §3.3).
+    p_θ(x₀ | x_t) = N(x̂₀(x_t, t), σ_t²) with σ_t² the variance of q(x_t | x₀); for DDPM's first step σ_1² = β_1
+    (Ho et al. §3.3). Not the transition variance from time 0, σ_t² − α_t² σ(0)²: that is the same where σ(0) = 0
+    (DDPM, VP, sub-VP), but on VE σ(0) = σ_min, and at t_min it leaves ≈ 1e-8 of the 1e-4 of noise.
     Integer data (``levels``) use the discretised decoder (a probability); otherwise a density.
     ``x0_hat`` as in ``reverse_mean_var``.
     """
     process = denoiser.process
-    var = bcast(process.transition(torch.zeros_like(t), t)[1], x0)
+    var = bcast(process.sigma(t) ** 2, x0)
     mean = denoiser(x_t, t).x0 if x0_hat is None else x0_hat
     if levels is None:
         return -sum_except_batch(gaussian_log_prob(x0, mean, var))
