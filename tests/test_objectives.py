@@ -87,6 +87,59 @@ def test_denoising_loss_eps_weighting_is_ho_simple_loss():
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=0)
 
 
+def _alpha_sigma_derivatives(process, t, rel=1e-5):
+    """α, σ and central differences of log α and log σ² at t (float64, step ±rel·t: σ² ∝ t near t = 0 on VP,
+    so the step must shrink with t): no formula of the library."""
+    h = rel * t
+    lo, hi = t - h, t + h
+    dlog_a = (process.alpha(hi).log() - process.alpha(lo).log()) / (2 * h)
+    dlog_s2 = (process.sigma(hi).pow(2).log() - process.sigma(lo).pow(2).log()) / (2 * h)
+    return process.alpha(t), process.sigma(t), dlog_a, dlog_s2
+
+
+@pytest.mark.parametrize("process", [dl.VPSDE(), dl.VESDE(), dl.SubVPSDE()], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize("time_sampling", ["uniform", "logsnr"])
+@pytest.mark.parametrize("weighting", ["eps", "x0", "v", "likelihood"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "score"])
+def test_denoising_loss_combines_prediction_weighting_and_time_sampling(process, prediction, weighting,
+                                                                        time_sampling):
+    """The whole loss, per example: w(t)·λ(t)·‖ε̂ − ε‖²/D, everything rebuilt here from what the model saw.
+
+    The model records its (x_t, t); ε = (x_t − α x₀)/σ, and its raw output is turned into ε̂ by inverting
+    x_t = α x₀ + σ ε (x₀: ε̂ = (x_t − α x̂₀)/σ; v = α ε − σ x₀: ε̂ = (σ x_t + α v̂)/(α² + σ²); score: ε̂ = −σ ŝ).
+    λ: 1, σ²/α², ((α² + σ²)/α)², or ½ g²/σ² with g² = dσ²/dt − 2 (d log α/dt) σ²; w = 1 for uniform t and, for
+    t drawn uniformly in λ = log(α²/σ²), w = u(t)/p(t) = Δλ / ((t_max − t_min)·|dλ/dt|), both derivatives by
+    central differences."""
+    seen = {}
+
+    def model(x, t):
+        seen["x"], seen["t"] = x, t
+        return torch.tanh(x) * (1 + t[:, None]) - 0.2
+
+    x0 = torch.randn(64, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    loss = DenoisingLoss(process, prediction, weighting, time_sampling)(model, x0, torch.Generator().manual_seed(9))
+    x_t, t = seen["x"], seen["t"]
+    a, s, dlog_a, dlog_s2 = _alpha_sigma_derivatives(process, t)
+    a_, s_ = a[:, None], s[:, None]
+    eps = (x_t - a_ * x0) / s_
+    out = model(x_t, t)
+    eps_hat = {"eps": out, "x0": (x_t - a_ * out) / s_, "v": (s_ * x_t + a_ * out) / (a_**2 + s_**2),
+               "score": -s_ * out}[prediction]
+    g2 = s**2 * dlog_s2 - 2 * dlog_a * s**2
+    lam = {"eps": torch.ones_like(t), "x0": s**2 / a**2, "v": ((a**2 + s**2) / a) ** 2,
+           "likelihood": 0.5 * g2 / s**2}[weighting]
+    if time_sampling == "uniform":
+        w = torch.ones_like(t)
+    else:
+        ends = torch.tensor([process.t_min, process.t_max], dtype=torch.float64)
+        log_snr = lambda u: (process.alpha(u) ** 2 / process.sigma(u) ** 2).log()  # noqa: E731
+        span = float(log_snr(ends[:1]) - log_snr(ends[1:]))
+        dlam = 2 * dlog_a - dlog_s2
+        w = span / ((process.t_max - process.t_min) * dlam.abs())
+    expected = w * lam * (eps_hat - eps).pow(2).mean(1)
+    torch.testing.assert_close(loss, expected, rtol=1e-8, atol=0)
+
+
 def test_elbo_loss_is_unbiased_for_the_full_negative_elbo():
     """E_i[ELBOLoss] (one random term, weighted by T) = the full −ELBO per dimension."""
     process = dl.DDPM(T=10, beta_start=0.05, beta_end=0.5)
