@@ -99,6 +99,25 @@ def test_g2_equals_the_generic_formula(name):
     torch.testing.assert_close(process.g2(t), dl.Process.g2(process, t), rtol=1e-12, atol=1e-12)
 
 
+def test_ddpm_g2_at_grid_times_is_the_beta_of_the_step_that_ends_there():
+    """On DDPM's grid the reverse step from t_i = i/T to t_{i−1} crosses interval ((i−1)/T, i/T], whose β is β_i
+    (Ho et al.'s linear β_i = 1e-4 + (i − 1)(0.02 − 1e-4)/(T − 1), built here): g²(i/T) = −T·log(1 − β_i) and
+    f(i/T) = ½ T·log(1 − β_i) exactly, for float64 times and for the float32 grid that samplers use (whose
+    i/T are off by up to ~1e-5 steps); inside the interval, at (i − ½)/T, the same β_i. A review's mutation
+    to β_{i+1} at grid times (g² 20 % off at t = 1/T) passed every other test."""
+    T = 1000
+    process = dl.DDPM(T=T)
+    i = torch.arange(1, T + 1, dtype=F64)
+    beta = 1e-4 + (i - 1) * (0.02 - 1e-4) / (T - 1)
+    expected_g2 = -T * torch.log1p(-beta)
+    for t in (i / T, dl.time_grid(process, T).flip(0).to(F64), (i / T).float(), (i - 0.5) / T):
+        assert len(t) == T
+        torch.testing.assert_close(process.g2(t).double(), expected_g2, rtol=1e-6 if t.dtype == torch.float32
+                                   else 1e-12, atol=0)
+        torch.testing.assert_close(process.f(t).double(), -0.5 * expected_g2, rtol=1e-6 if t.dtype == torch.float32
+                                   else 1e-12, atol=0)
+
+
 def test_ddpm_schedule_lookups_agree_across_dtypes():
     """DDPM converts its float64 tables once per dtype; float32 times give float32 values of the same
     function (up to float32 rounding of t and of the tables), and the float64 values stay exact on the grid."""
