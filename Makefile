@@ -29,7 +29,7 @@ demo: install
 
 test: install-dev
 	@mkdir -p $(TMPDIR)
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	DIFFUSIONLAB_NO_SKIPS=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .cache demo_out .pytest_cache
