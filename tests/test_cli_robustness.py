@@ -340,3 +340,22 @@ def test_damaged_dataset_metadata_is_refused(bad):
     assert Dataset.from_json(meta).shape == (2,)
     with pytest.raises(UserError, match="dataset metadata"):
         Dataset.from_json({**meta, **bad})
+
+
+@pytest.mark.parametrize("args", [["train", "--data", "moons", "--out", ""], ["sample", "", "--n", 2, "--out", "q.npy"],
+                                  ["eval", " ", "--data", "moons"], ["demo", "--out", ""],
+                                  ["train", "--data", "", "--out", "run"]])
+def test_an_empty_path_is_refused_not_taken_as_the_current_folder(args, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, *args)
+    one_line_error(code, err, "non-empty path")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_edm_s_tmax_takes_inf_its_default_on_the_command_line():
+    from diffusionlab.cli import build_parser
+
+    args = build_parser().parse_args(["sample", "run", "--out", "x.npy", "--sampler", "edm_heun", "--S-tmax", "inf"])
+    assert args.S_tmax == float("inf")
+    with pytest.raises(UserError, match="non-negative number or inf"):
+        build_parser().parse_args(["sample", "run", "--out", "x.npy", "--S-tmax", "nan"])

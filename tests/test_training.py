@@ -459,8 +459,23 @@ def test_existing_checkpoint_without_resume_is_user_error(tmp_path):
     with pytest.raises(UserError) as excinfo:
         run(tmp_path)
     message = user_error_message(excinfo)
-    assert "--resume" in message and "another run directory" in message
+    assert "--resume" in message and "resume=True" in message and "another run directory" in message
     assert load_checkpoint(tmp_path).step == 5
+
+
+@pytest.mark.parametrize("kept", ["checkpoint.safetensors", "log.jsonl"])
+def test_a_new_run_never_overwrites_what_is_left_of_an_old_one(tmp_path, kept):
+    """A run whose checkpoint.json was deleted still has its weights and its log: a new run refuses the folder
+    (a review saw 14 MB of weights replaced and the log emptied) and names what is there."""
+    run(tmp_path, steps=5)
+    for name in ("checkpoint.json", "checkpoint.safetensors", "checkpoint.prev.safetensors", "log.jsonl"):
+        if name != kept:
+            (tmp_path / name).unlink(missing_ok=True)
+    before = (tmp_path / kept).read_bytes()
+    with pytest.raises(UserError) as excinfo:
+        run(tmp_path)
+    assert kept in user_error_message(excinfo)
+    assert (tmp_path / kept).read_bytes() == before
 
 
 def edit_world_size(run_dir):

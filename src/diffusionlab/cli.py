@@ -65,6 +65,21 @@ def _nonnegative_float(text: str) -> float:
     return value
 
 
+def _nonnegative_float_or_inf(text: str) -> float:
+    """A number ≥ 0 where ``inf`` means "no bound" (EDM's S_tmax)."""
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number or inf, got {text}")
+    return value
+
+
+def _path(text: str) -> str:
+    """A file or folder name: the empty string would silently mean the current directory."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must be a non-empty path")
+    return text
+
+
 def _nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -82,7 +97,7 @@ def _seed(text: str) -> int:
 # argparse names the type in "invalid <name> value: 'abc'": say what is expected, not the function's name.
 for _type, _name in ((_positive_int, "positive integer"), (_positive_float, "positive number"),
                      (_nonnegative_float, "non-negative number"), (_nonnegative_int, "non-negative integer"),
-                     (_seed, "seed")):
+                     (_nonnegative_float_or_inf, "non-negative number or inf"), (_path, "path"), (_seed, "seed")):
     _type.__name__ = _name
 
 
@@ -93,14 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
 
     t = sub.add_parser("train", help="train a model on a data set", formatter_class=fmt)
-    t.add_argument("--data", help="built-in name (digits, mnist, moons, swissroll, checkerboard, ring8) or a "
+    t.add_argument("--data", type=_path, help="built-in name (digits, mnist, moons, swissroll, checkerboard, ring8) or a "
                                   "path (.npy/.npz or a folder of images); may be omitted when resuming")
-    t.add_argument("--out", required=True, help="run directory (checkpoints, log)")
+    t.add_argument("--out", required=True, type=_path, help="run directory (checkpoints, log)")
     t.add_argument("--steps", type=_positive_int, help="total optimisation steps (default 5000)")
     t.add_argument("--batch-size", type=_positive_int, help="global batch size (default 128)")
     t.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-4)")
     t.add_argument("--seed", type=_seed, help="seed of the split, the initialisation and the noise (default 0)")
-    t.add_argument("--config", help="JSON or TOML file of config overrides (see README)")
+    t.add_argument("--config", type=_path, help="JSON or TOML file of config overrides (see README)")
     t.add_argument("--process", choices=list(PROCESSES), help="forward process (default ddpm)")
     t.add_argument("--prediction", choices=["eps", "x0", "v"], help="what the network predicts (default eps)")
     t.add_argument("--loss", choices=["simple", "elbo"], help="denoising loss or the full ELBO (default simple)")
@@ -115,21 +130,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     s = sub.add_parser("sample", help="draw samples from a trained run", formatter_class=fmt)
-    s.add_argument("run_dir")
+    s.add_argument("run_dir", type=_path)
     s.add_argument("--n", type=_positive_int, default=64, help="number of samples")
-    s.add_argument("--out", required=True, help=".png (image grid or scatter plot), .npy (samples in data units)")
+    s.add_argument("--out", required=True, type=_path, help=".png (image grid or scatter plot), .npy (samples in data units)")
     s.add_argument("--sampler", default="ancestral", choices=list(SAMPLERS))
     s.add_argument("--steps", type=_positive_int, help="grid points (default: the process's, T for DDPM)")
     s.add_argument("--grid", default="uniform", choices=list(GRIDS), help="time grid")
     s.add_argument("--seed", type=_seed, default=0)
-    s.add_argument("--trajectory", help="also write the reverse process x_T → x_0 (.png strip or .gif)")
+    s.add_argument("--trajectory", type=_path, help="also write the reverse process x_T → x_0 (.png strip or .gif)")
     s.add_argument("--raw-weights", action="store_true", help="sample with the raw weights instead of the EMA")
     s.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="bf16: the network under bfloat16 autocast (the sampler's arithmetic stays float32); "
                         "faster only where the hardware has bfloat16")
     s.add_argument("--no-denoise", action="store_true",
                    help="return x at t_min instead of the final denoising step x̂₀ = E[x₀ | x_{t_min}]")
-    s.add_argument("--solver", help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler, "
+    s.add_argument("--solver", type=_path, help="a fitted sampler from `diffusionlab fit-sampler` (.json): sets the sampler, "
                                     "its grid and coefficients, and replaces --sampler and --grid (--steps, if "
                                     "given, must match the file)")
     o = s.add_argument_group("sampler options (passed to the sampler only when given; the sampler must take them)")
@@ -148,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="edm_heun: churn S_churn, total noise added back along the way (default 0: deterministic Heun)")
     o.add_argument("--S-tmin", dest="S_tmin", default=given, type=_nonnegative_float,
                    help="edm_heun: churn only where σ/α >= S_tmin (default 0)")
-    o.add_argument("--S-tmax", dest="S_tmax", default=given, type=_nonnegative_float,
+    o.add_argument("--S-tmax", dest="S_tmax", default=given, type=_nonnegative_float_or_inf,
                    help="edm_heun: churn only where σ/α <= S_tmax (default inf)")
     o.add_argument("--S-noise", dest="S_noise", default=given, type=_nonnegative_float,
                    help="edm_heun: scale of the added noise S_noise (default 1)")
@@ -162,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = sub.add_parser("fit-sampler", formatter_class=fmt,
                        help="fit a fast deterministic sampler (grid and coefficients) to a trained run")
-    f.add_argument("run_dir")
+    f.add_argument("run_dir", type=_path)
     f.add_argument("--steps", type=_positive_int, required=True, help="model evaluations of the fitted sampler (>= 2)")
-    f.add_argument("--out", required=True, help=".json file for `diffusionlab sample --solver`")
+    f.add_argument("--out", required=True, type=_path, help=".json file for `diffusionlab sample --solver`")
     f.add_argument("--base-sampler", default="unipc", choices=[n for n in DETERMINISTIC if n != "fitted_multistep"],
                    help="the sampler whose grid optimize_grid fits first")
     f.add_argument("--calibration", type=_positive_int, default=256, help="calibration noise draws")
@@ -176,8 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(less swayed by the rare draws whose exact trajectory changes mode)")
 
     e = sub.add_parser("eval", help="evaluate a trained run on data", formatter_class=fmt)
-    e.add_argument("run_dir")
-    e.add_argument("--data", required=True, help="data spec; the test split (by the run's seed) is used")
+    e.add_argument("run_dir", type=_path)
+    e.add_argument("--data", required=True, type=_path, help="data spec; the test split (by the run's seed) is used")
     e.add_argument("--metric", default="bpd", choices=["bpd", "fid"],
                    help="bpd: bits/dim of the test split; fid: Fréchet Inception Distance of n samples to the "
                         "test split (images only; needs pip install 'diffusionlab[fid]')")
@@ -209,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="train a UNet DDPM on the digits and write pictures and bits/dim",
                        formatter_class=fmt)
-    d.add_argument("--out", default="demo_out", help="output directory")
+    d.add_argument("--out", default="demo_out", type=_path, help="output directory")
     d.add_argument("--steps", type=_positive_int, default=None, help="training steps (default: the demo's)")
     d.add_argument("--no-progress", action="store_true")
     return p

@@ -29,7 +29,7 @@ from .grids import time_grid
 from .samplers.tuning import DETERMINISTIC
 from .samplers import sample as draw
 from .training import checkpoint_exists, load_checkpoint, train as run_training
-from .training.trainer import tensor_sha256
+from .training.trainer import existing_run_files, tensor_sha256
 from .precision import with_precision
 
 # --------------------------------------------------------------------------------------------------
@@ -148,8 +148,9 @@ def train(args) -> int:
     else:
         if not args.data:
             raise UserError("--data is required to start a run (a built-in name or a path)")
-        if checkpoint_exists(out):
-            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if existing := existing_run_files(out):
+            raise UserError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it or "
+                            "choose another --out")
         seed = args.seed if args.seed is not None else 0
         dataset = load_dataset(args.data, seed=seed)
         config = _train_config_from_args(args, dataset)

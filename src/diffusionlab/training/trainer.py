@@ -42,7 +42,9 @@ from diffusionlab.precision import PRECISIONS, with_precision
 from diffusionlab.training.checkpoint import (
     Checkpoint,
     check_state_keys,
-    checkpoint_exists,
+    JSON_NAME,
+    PREVIOUS_TENSORS_NAME,
+    TENSORS_NAME,
     load_checkpoint,
     one_line,
     save_checkpoint,
@@ -51,6 +53,13 @@ from diffusionlab.training.checkpoint import (
 from diffusionlab.training.ema import EMA
 
 LOG_NAME = "log.jsonl"
+
+
+def existing_run_files(run_dir: str | os.PathLike) -> list[str]:
+    """The files of a run that ``run_dir`` holds already: a new run there would overwrite them. Any one of them
+    counts (a checkpoint whose JSON was deleted still has its weights and its log)."""
+    run_dir = Path(run_dir)
+    return [name for name in (JSON_NAME, TENSORS_NAME, PREVIOUS_TENSORS_NAME, LOG_NAME) if (run_dir / name).exists()]
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Generator], torch.Tensor]
 # Settings whose change on resume makes the run differ from an uninterrupted one (steps, logging, checkpoint
 # interval, threads and device do not).
@@ -392,9 +401,9 @@ class _Trainer:
         """Restore from the checkpoint (``resume``) or make sure a fresh run overwrites nothing."""
         if resume:
             self._restore(load_checkpoint(self.run_dir))
-        elif checkpoint_exists(self.run_dir):
-            raise UserError(f"{self.run_dir} already holds a checkpoint; pass --resume to continue it or choose "
-                            "another run directory")
+        elif existing := existing_run_files(self.run_dir):
+            raise UserError(f"{self.run_dir} already holds a run ({', '.join(existing)}); resume it (--resume, "
+                            "resume=True in Python) or choose another run directory")
         else:
             self._warn_short_ema()
         if self.dist.is_main:
