@@ -359,3 +359,20 @@ def test_edm_s_tmax_takes_inf_its_default_on_the_command_line():
     assert args.S_tmax == float("inf")
     with pytest.raises(UserError, match="non-negative number or inf"):
         build_parser().parse_args(["sample", "run", "--out", "x.npy", "--S-tmax", "nan"])
+
+
+@pytest.mark.parametrize("config, flags, fragments", [
+    ({"objective": {"weigthing": "v"}}, [], ["weigthing='v'", "loss 'simple'"]),
+    ({"objective": {"variance": "large"}}, [], ["variance='large'", "loss 'simple'"]),
+    ({}, ["--loss", "elbo", "--weighting", "likelihood"], ["weighting='likelihood'", "loss 'elbo'"]),
+    ({"data": {"spec": "digits"}}, [], ["data.spec 'digits'", "--data 'moons'"]),
+    ({"data": {"test_fracton": 0.2}}, [], ["test_fracton", "valid: spec, seed, test_fraction"]),
+])
+def test_config_entries_that_would_be_ignored_are_refused(config, flags, fragments, tmp_path, capsys):
+    """A typo in the objective or data section, a weighting the ELBO does not use, or a config data.spec that
+    contradicts --data (the run trained on --data but recorded the other) each stop the run before it writes."""
+    (tmp_path / "c.json").write_text(json.dumps(config))
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run", "--steps", 2,
+                           "--config", tmp_path / "c.json", *flags)
+    one_line_error(code, err, *fragments)
+    assert not (tmp_path / "run").exists()

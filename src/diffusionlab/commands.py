@@ -55,6 +55,9 @@ def _flag_overrides(args) -> dict:
 def _train_config_from_args(args, dataset=None) -> dict:
     """The run config: defaults ← config file ← command-line flags."""
     overrides = runs.read_config_file(args.config) if args.config else {}
+    spec = overrides.get("data", {}).get("spec", args.data)
+    if spec != args.data:
+        raise UserError(f"the config file's data.spec {spec!r} disagrees with --data {args.data!r}: give the data once")
     flags = _flag_overrides(args)
     data = {"spec": args.data, "seed": flags["train"].get("seed", overrides.get("train", {}).get("seed", 0)),
             "test_fraction": overrides.get("data", {}).get("test_fraction", 0.1)}

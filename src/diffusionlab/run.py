@@ -108,7 +108,27 @@ def check_overrides(overrides, path: str) -> dict:
         if key in overrides and not isinstance(overrides[key], kind):
             raise UserError(f"config section {key!r} in {path} must be {'an object' if kind is dict else 'a string'}, "
                             f"got {overrides[key]!r}")
+    unknown = sorted(set(overrides.get("data", {})) - set(DATA_KEYS), key=str)
+    if unknown:
+        raise UserError(f"unknown data option(s) {', '.join(map(str, unknown))} in {path}; valid: {', '.join(DATA_KEYS)}")
     return overrides
+
+
+DATA_KEYS = ("spec", "seed", "test_fraction")
+# The objective's options for each loss (``loss`` itself aside); a run config always holds the simple loss's
+# defaults, so the ELBO tolerates them at their default values only.
+OBJECTIVE_KEYS = {"simple": ("weighting", "time_sampling"), "elbo": ("variance", "time_sampling")}
+_SIMPLE_DEFAULTS = {"weighting": "eps"}
+
+
+def _check_objective(loss: str, objective: dict) -> None:
+    """Refuse objective options that the loss would ignore (a typo or a flag that cannot take effect)."""
+    valid = OBJECTIVE_KEYS[loss]
+    ignored = sorted(k for k, v in objective.items() if k not in valid and _SIMPLE_DEFAULTS.get(k, object()) != v)
+    if ignored:
+        shown = ", ".join(f"{k}={objective[k]!r}" for k in ignored)
+        raise UserError(f"objective option(s) {shown} do not apply to loss {loss!r} (its options: "
+                        f"{', '.join(valid)}); drop them, or choose the loss they belong to")
 
 
 def build_model(config: dict) -> nn.Module:
@@ -126,13 +146,15 @@ def build_loss(config: dict, dataset_levels: int | None):
     prediction = check_prediction(config["prediction"])
     objective = dict(config["objective"])
     loss = objective.pop("loss", "simple")
+    if loss not in OBJECTIVE_KEYS:
+        raise UserError(f"unknown loss {loss!r}: choose 'simple' or 'elbo'")
+    _check_objective(loss, objective)
     if loss == "simple":
         return DenoisingLoss(process, prediction, objective.get("weighting", "eps"),
                              objective.get("time_sampling", "uniform"))
     if loss == "elbo":
         return ELBOLoss(process, prediction, objective.get("variance", "small"), dataset_levels,
                         objective.get("time_sampling", "uniform"))
-    raise UserError(f"unknown loss {loss!r}: choose 'simple' or 'elbo'")
 
 
 def train_config(config: dict) -> TrainConfig:
