@@ -376,3 +376,14 @@ def test_config_entries_that_would_be_ignored_are_refused(config, flags, fragmen
                            "--config", tmp_path / "c.json", *flags)
     one_line_error(code, err, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("entry, fragment", [("grad_clip", "null"), ("weight_decay", "finite")])
+def test_an_infinite_train_number_is_refused_with_its_name(entry, fragment, tmp_path, capsys):
+    """A run config is JSON, which cannot hold inf: TOML's ``grad_clip = inf`` failed only at the first save,
+    with a message that named neither the key nor the fix."""
+    (tmp_path / "c.toml").write_text(f"[train]\n{entry} = inf\n")
+    code, _, err = run_cli(capsys, "train", "--data", "moons", "--out", tmp_path / "run", "--steps", 2,
+                           "--config", tmp_path / "c.toml")
+    one_line_error(code, err, f"train.{entry}", fragment)
+    assert not (tmp_path / "run").exists()

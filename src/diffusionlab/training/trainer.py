@@ -115,8 +115,12 @@ class TrainConfig:
                 self.num_threads = check_count("train.num_threads", self.num_threads, 1)
             self.lr = check_range("train.lr", self.lr, 0.0, self.MAX_LR, open_low=True)
             self.weight_decay = check_range("train.weight_decay", self.weight_decay, 0.0)
+            if math.isinf(self.weight_decay):
+                raise UserError("train.weight_decay must be finite, got inf")
             if self.grad_clip is not None:
                 self.grad_clip = check_range("train.grad_clip", self.grad_clip, 0.0, open_low=True)
+                if math.isinf(self.grad_clip):  # a run config is JSON, which has no inf
+                    raise UserError("train.grad_clip must be finite, got inf; for no clipping set it to null (None)")
             self.ema_decay = check_range("train.ema_decay", self.ema_decay, 0.0, 1.0)
             if self.ema_decay >= 1:
                 raise UserError(f"train.ema_decay must be in [0, 1), got {self.ema_decay!r}")
