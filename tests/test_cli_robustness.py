@@ -387,3 +387,33 @@ def test_an_infinite_train_number_is_refused_with_its_name(entry, fragment, tmp_
                            "--config", tmp_path / "c.toml")
     one_line_error(code, err, f"train.{entry}", fragment)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("extra, fragments", [
+    (["--metric", "fid", "--method", "ode"], ["--method", "--metric fid"]),
+    (["--metric", "fid", "--strata", 3], ["--strata", "--metric fid"]),
+    (["--sampler", "ddim"], ["--sampler", "--metric bpd --method elbo"]),
+    (["--steps", 7, "--grid", "karras"], ["--steps, --grid", "for --metric fid only"]),
+    (["--method", "ode", "--strata", 5], ["--strata", "--method ode"]),
+    (["--method", "ode", "--variance", "small"], ["--variance", "for --method elbo only"]),
+    (["--method", "elbo", "--probes", 5], ["--probes", "for --method ode only"]),
+    (["--rtol", "1e-3"], ["--rtol", "--method elbo"]),
+    (["--precision", "bf16"], ["--precision", "float32"]),
+])
+def test_eval_refuses_options_that_do_not_apply(runs, extra, fragments, capsys):
+    """Each of these exited 0 with the option silently ignored (a review): now one line naming it."""
+    code, _, err = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 4, *extra)
+    one_line_error(code, err, *fragments)
+
+
+def test_eval_takes_the_options_of_its_method(runs, capsys):
+    for extra in ([], ["--method", "elbo", "--strata", 3, "--variance", "small"], ["--precision", "fp32"],
+                  ["--method", "ode", "--probes", 2, "--trace", "hutchinson", "--rtol", "1e-3"]):
+        code, out, err = run_cli(capsys, "eval", runs["a"], "--data", "moons", "--n", 4, *extra)
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["method"] == (extra[1] if extra[:1] == ["--method"] else "elbo")
+        if "--variance" in extra:
+            assert result["variance"] == "small" and result["terms"] == "stratified, 3 per example"
+        if "--probes" in extra:
+            assert result["probes"] == 2

@@ -196,21 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--metric", default="bpd", choices=["bpd", "fid"],
                    help="bpd: bits/dim of the test split; fid: Fréchet Inception Distance of n samples to the "
                         "test split (images only; needs pip install 'diffusionlab[fid]')")
-    e.add_argument("--method", default="elbo", choices=["elbo", "ode"],
-                   help="ELBO bound (all terms or stratified) or the probability-flow ODE")
+    # Options of one metric or method only have no argparse default: one given where it does not apply is refused.
+    given = argparse.SUPPRESS
+    e.add_argument("--method", default=given, choices=["elbo", "ode"],
+                   help="bpd: ELBO bound (all terms or stratified) or the probability-flow ODE (default elbo)")
     e.add_argument("--n", type=_positive_int, help="bpd: evaluate at most n test examples; fid: number of "
                                                     "samples to draw (default: as many as the test split has)")
-    e.add_argument("--sampler", default="dpmpp_2m", choices=list(SAMPLERS), help="fid: the sampler")
-    e.add_argument("--steps", type=_positive_int, default=20, help="fid: sampler grid points")
-    e.add_argument("--grid", default="logsnr", choices=list(GRIDS), help="fid: time grid")
-    e.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="fid: the network under bfloat16 autocast while sampling (bpd: float32 only)")
-    e.add_argument("--strata", type=_positive_int, help="ELBO: stratified estimate with this many terms "
-                                                        "per example (default: all terms)")
-    e.add_argument("--variance", default="large", choices=["large", "small"],
-                   help="ELBO: reverse variance Σ_t = β_t (large) or β̃_t (small); both bound the NLL, "
+    e.add_argument("--sampler", default=given, choices=list(SAMPLERS), help="fid: the sampler (default dpmpp_2m)")
+    e.add_argument("--steps", type=_positive_int, default=given, help="fid: sampler grid points (default 20)")
+    e.add_argument("--grid", default=given, choices=list(GRIDS), help="fid: time grid (default logsnr)")
+    e.add_argument("--precision", default=given, choices=list(PRECISIONS),
+                   help="fid: the network under bfloat16 autocast while sampling (default fp32; bpd: float32 only)")
+    e.add_argument("--strata", type=_positive_int, default=given, help="ELBO: stratified estimate with this many "
+                                                                       "terms per example (default: all terms)")
+    e.add_argument("--variance", default=given, choices=["large", "small"],
+                   help="ELBO: reverse variance Σ_t = β_t (large, the default) or β̃_t (small); both bound the NLL, "
                         "large is the tighter bound on the digits and on Gaussian data")
-    e.add_argument("--probes", type=_positive_int, default=1, help="ODE: Hutchinson probes per example")
+    e.add_argument("--probes", type=_positive_int, default=given, help="ODE: Hutchinson probes per example (default 1)")
     e.add_argument("--probe", default=given, choices=["rademacher", "gaussian"],
                    help="ODE: distribution of the Hutchinson probes (default rademacher)")
     e.add_argument("--trace", default=given, choices=["auto", "exact", "hutchinson"],

@@ -400,15 +400,27 @@ def _test_data(run, spec: str, n: int | None) -> torch.Tensor:
 
 
 ODE_OPTIONS = ("probe", "trace", "rtol", "atol")
+# eval's options that belong to one metric or method: name → (default, where it applies: fid, bpd, or a bpd method)
+EVAL_OPTIONS = {"method": ("elbo", "bpd"), "sampler": ("dpmpp_2m", "fid"), "steps": (20, "fid"),
+                "grid": ("logsnr", "fid"), "precision": ("fp32", "fid"), "strata": (None, "elbo"),
+                "variance": ("large", "elbo"), "probes": (1, "ode"), **{name: (None, "ode") for name in ODE_OPTIONS}}
 
 
-def ode_options(args) -> dict:
-    """The ``eval --method ode`` options given on the command line; refused for the ELBO, which has no solver."""
-    options = given_options(args, ODE_OPTIONS)
-    if options and (args.metric != "bpd" or args.method != "ode"):
-        raise UserError(f"{flags(options)}: options of --metric bpd --method ode only (the probability-flow "
-                        "likelihood)")
-    return options
+def eval_options(args) -> dict:
+    """eval's metric- and method-specific options with their defaults; one given where it does not apply (``--strata``
+    with ``--method ode``, ``--sampler`` with ``--metric bpd``, …) is refused, since it could not take effect."""
+    method = getattr(args, "method", EVAL_OPTIONS["method"][0])
+    scope = {"fid"} if args.metric == "fid" else {"bpd", method}
+    wrong = [name for name, (_, where) in EVAL_OPTIONS.items() if hasattr(args, name) and where not in scope]
+    if "precision" in wrong and getattr(args, "precision") == "fp32":
+        wrong.remove("precision")  # the default, said explicitly
+    if wrong:
+        where = "--metric fid" if args.metric == "fid" else f"--metric bpd --method {method}"
+        hint = "; bits/dim are always computed in float32" if "precision" in wrong else ""
+        belongs = sorted({EVAL_OPTIONS[n][1] for n in wrong})
+        belongs = ", ".join("--metric " + b if b in ("fid", "bpd") else "--method " + b for b in belongs)
+        raise UserError(f"{flags(wrong)}: not an option of {where} (for {belongs} only{hint}): drop it")
+    return {name: getattr(args, name, default) for name, (default, _) in EVAL_OPTIONS.items()}
 
 
 def evaluate_bpd(run, x: torch.Tensor, method: str = "elbo", strata: int | None = None, probes: int = 1,
@@ -494,18 +506,16 @@ def evaluate_fid(run, spec: str, n: int | None, sampler: str, steps: int, grid: 
 
 
 def eval(args) -> int:  # noqa: A001 - the command's name
-    ode = ode_options(args)
+    opt = eval_options(args)
     run = runs.load_run(args.run_dir)
     if args.metric == "fid":
-        print(json.dumps(evaluate_fid(run, args.data, args.n, args.sampler, args.steps, args.grid, args.seed,
-                                      args.batch_size, args.precision)))
+        print(json.dumps(evaluate_fid(run, args.data, args.n, opt["sampler"], opt["steps"], opt["grid"], args.seed,
+                                      args.batch_size, opt["precision"])))
         return 0
-    if args.precision != "fp32":
-        raise UserError("--precision applies to sampling (eval --metric fid, sample); bits/dim are always "
-                        "computed in float32: drop --precision")
     x = _test_data(run, args.data, args.n)
-    result = evaluate_bpd(run, x, args.method, args.strata, args.probes, args.seed, args.batch_size, args.variance,
-                          ode)
+    ode = {name: opt[name] for name in ODE_OPTIONS if opt[name] is not None}
+    result = evaluate_bpd(run, x, opt["method"], opt["strata"], opt["probes"], args.seed, args.batch_size,
+                          opt["variance"], ode)
     if not all(math.isfinite(v) for v in result.values() if isinstance(v, float)):
         raise UserError(f"the bits/dim are not finite ({result['bpd']}): the model may be under-trained or diverged")
     print(json.dumps(result, allow_nan=False))  # strict JSON: a missing standard error (one example) is null
