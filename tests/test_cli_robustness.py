@@ -417,3 +417,15 @@ def test_eval_takes_the_options_of_its_method(runs, capsys):
             assert result["variance"] == "small" and result["terms"] == "stratified, 3 per example"
         if "--probes" in extra:
             assert result["probes"] == 2
+
+
+def test_eval_refuses_data_stored_unlike_the_runs(runs, tmp_path, capsys):
+    """The images run was trained on float images (continuous); integer images 0..255 of the same shape (256
+    levels) are other units: a review got a meaningless bits/dim with exit 0 (a 17-level digits run scored
+    0..255 images as values up to 31 in model units)."""
+    ints = np.random.default_rng(1).integers(0, 256, (40, 2, 5, 5)).astype(np.uint8)
+    np.save(tmp_path / "ints.npy", ints)
+    code, _, err = run_cli(capsys, "eval", runs["images"], "--data", tmp_path / "ints.npy", "--n", 4)
+    one_line_error(code, err, "256 levels", "continuous values")
+    code, out, err = run_cli(capsys, "eval", runs["images"], "--data", runs["root"] / "two_channels.npy", "--n", 4)
+    assert code == 0, err

@@ -395,6 +395,11 @@ def _test_data(run, spec: str, n: int | None) -> torch.Tensor:
     if tuple(ds.shape) != tuple(run.dataset.shape):
         raise UserError(f"data {spec!r} has examples of shape {tuple(ds.shape)} but the run was trained on "
                         f"{tuple(run.dataset.shape)}")
+    if ds.levels != run.dataset.levels:  # other units: the model would score values it never saw
+        def kind(levels):
+            return "continuous values" if levels is None else f"{levels} levels"
+        raise UserError(f"data {spec!r} has {kind(ds.levels)} but the run was trained on {kind(run.dataset.levels)}: "
+                        "evaluate it on data stored like its training data")
     x = run.dataset.to_model_units(ds.to_data_units(ds.test))
     return x[:n] if n else x
 
