@@ -309,3 +309,18 @@ def test_log_likelihood_and_load_dataset_check_their_arguments():
     assert load_dataset("moons", seed=np.int64(3)).train.shape == load_dataset("moons", seed=3).train.shape
     with pytest.raises(UserError, match="seed"):
         load_dataset("moons", seed=2**64 - 1)
+
+
+# --- found by a review of the adaptive solver and the likelihood --------------------------------------------------
+
+
+@pytest.mark.parametrize("process", [DDPM, VP, dl.SubVPSDE(), dl.VESDE()], ids=["ddpm", "vp", "subvp", "ve"])
+def test_a_nan_model_is_one_error_for_the_adaptive_solver_on_every_process(process):
+    """A NaN first derivative made the first step size NaN, and a NaN time reached DDPM's β lookup (IndexError)."""
+    def nan_model(x, t):
+        return torch.full_like(x, float("nan"))
+
+    for run in (lambda: dl.sample(nan_model, process, "ode_rk45", steps=5, shape=(3, 2)),
+                lambda: dl.exact_solution(nan_model, process, _start(process, n=3))):
+        with pytest.raises(UserError, match="the model returned NaN/inf"):
+            run()

@@ -51,19 +51,41 @@ def _rms(x: Tensor) -> Tensor:
     return x.pow(2).mean().sqrt()
 
 
+def _check_finite(t: float, y: Tensor, ks) -> None:
+    """A one-line error where a right-hand side is not finite: no step size helps when the model returned
+    NaN/inf (or a half-precision state overflowed)."""
+    if all(bool(torch.isfinite(k).all()) for k in ks):
+        return
+    narrow = y.dtype in (torch.float16, torch.bfloat16)
+    raise UserError(f"the ODE's right-hand side is not finite (at solver time {t:g}): "
+                    + (f"{y.dtype} overflowed, use float32 or float64" if narrow
+                       else "the model returned NaN/inf; check the model"))
+
+
+def _usable(h: float, rtol: float, atol: float, dtype: torch.dtype) -> float:
+    """``h`` if it is a positive finite step; else a one-line error. The error norm of a far too small atol
+    overflows when squared (|f|/atol ≈ 1e300), or is 0/0 where atol rounds to 0 in the state's dtype: the step
+    becomes 0 or NaN, and a NaN time reached the schedule lookup (DDPM: an IndexError)."""
+    if not 0 < h < math.inf:
+        raise UserError(f"dopri5: rtol={rtol:g}, atol={atol:g} give no usable first step on a {dtype} state (the "
+                        "error norm over- or underflowed): loosen rtol/atol")
+    return h
+
+
 def _initial_step(fun, t0, y0, f0, direction, rtol, atol, interval) -> float:
     """Starting step size of Hairer et al. (II.4, algorithm on p. 169), as in scipy; never longer than the
     ``interval`` to integrate, so that ``fun`` is only called inside it (a short interval near σ̃ = 0 would
     otherwise probe a negative σ̃)."""
     scale = atol + y0.abs() * rtol
     d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1)
+    h0 = _usable(1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1), rtol, atol, y0.dtype)
     h0 = min(h0, interval)
     y1 = y0 + direction * h0 * f0
     f1 = fun(t0 + direction * h0, y1)
+    _check_finite(t0 + direction * h0, y1, [f1])
     d2 = float(_rms((f1 - f0) / scale)) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(float(d1), d2) <= 1e-15 else (0.01 / max(float(d1), d2)) ** (1 / 5)
-    return min(100 * h0, h1, interval)
+    return _usable(min(100 * h0, h1, interval), rtol, atol, y0.dtype)
 
 
 def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Tensor, *, rtol: float = 1e-5,
@@ -80,6 +102,7 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
     if abs(t1 - t) <= 1e-12 * max(1.0, abs(t1)):  # nothing to integrate (e.g. a one-point grid)
         return ODESolution(y=y, nfe=0, steps=0, rejected=0)
     f = fun(t, y)
+    _check_finite(t, y, [f])
     nfe, steps, rejected = 1, 0, 0
     h = _initial_step(fun, t, y, f, direction, rtol, atol, abs(t1 - t))
     nfe += 1
@@ -98,12 +121,8 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
         err = dh * sum(e * kj for e, kj in zip(_E, k) if e != 0.0)
         scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
         err_norm = float(_rms(err / scale))
-        if not math.isfinite(err_norm) and not all(bool(torch.isfinite(kj).all()) for kj in k):
-            # shrinking the step cannot help: the model returned NaN/inf (or the dtype overflowed)
-            narrow = y.dtype in (torch.float16, torch.bfloat16)
-            raise UserError(f"the ODE's right-hand side is not finite (at solver time {t:g}): "
-                            + (f"{y.dtype} overflowed, use float32 or float64" if narrow
-                               else "the model returned NaN/inf; check the model"))
+        if not math.isfinite(err_norm):  # shrinking the step cannot help if the model returned NaN/inf
+            _check_finite(t, y, k)
         if err_norm <= 1.0:
             t, y, f = t + dh, y_new, k[6]
             steps += 1
