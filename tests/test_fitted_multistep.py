@@ -179,3 +179,18 @@ def test_sample_refuses_a_grid_that_is_not_strictly_decreasing(grid):
     with pytest.raises(UserError, match="strictly decreasing"):
         dl.sample(model, process, "ddim", x_T=fresh[:4], grid=torch.tensor(grid, dtype=F64))
     assert dl.sample(model, process, "ddim", x_T=fresh[:4], grid=torch.tensor([0.9], dtype=F64)).shape == (4, 2)
+
+
+def test_dopri5_stops_where_the_step_falls_below_round_off():
+    """Through the pole of y' = 1/(t − ½) the step shrinks towards 0: it gave up only after max_steps."""
+    from diffusionlab.solvers import dopri5
+
+    calls = []
+
+    def fun(t, y):
+        calls.append(t)
+        return torch.full_like(y, 1 / (t - 0.5))
+
+    with pytest.raises(UserError, match="below the round-off of t=0.5"):
+        dopri5(fun, 1.0, 0.0, torch.zeros(1, dtype=F64), max_steps=100_000)
+    assert len(calls) < 3000

@@ -324,3 +324,19 @@ def test_a_nan_model_is_one_error_for_the_adaptive_solver_on_every_process(proce
                 lambda: dl.exact_solution(nan_model, process, _start(process, n=3))):
         with pytest.raises(UserError, match="the model returned NaN/inf"):
             run()
+
+
+def test_tolerances_finer_than_the_state_can_resolve_are_one_line_errors():
+    """float32 at rtol 1e-16 crawled for minutes (round-off swamps the error estimate); rtol = atol = 1e-300 on
+    DDPM reached its β lookup with a NaN time; a float64 atol of 1e-300 divided by a zero step. The defaults
+    (float32 at 1e-5, exact_solution's 1e-7) still run."""
+    x32 = _start(VP, n=3).float()
+    for process, tol in ((VP, 1e-16), (DDPM, 1e-300)):
+        with pytest.raises(UserError, match="rtol = .* is finer than a torch.float32 state can resolve"):
+            dl.sample(_model(process), process, "ode_rk45", steps=5, x_T=x32, rtol=tol, atol=tol)
+    with pytest.raises(UserError, match="finer than a torch.float32 state"):
+        dl.log_likelihood(_model(VP), VP, x32, rtol=1e-16, atol=1e-16)
+    with pytest.raises(UserError, match="loosen rtol/atol"):
+        dl.log_likelihood(_model(VP), VP, _start(VP, n=3), atol=1e-300)
+    assert bool(torch.isfinite(dl.sample(_model(VP), VP, "ode_rk45", steps=5, x_T=x32)).all())
+    assert bool(torch.isfinite(dl.exact_solution(_model(VP), VP, x32)).all())
