@@ -340,3 +340,28 @@ def test_tolerances_finer_than_the_state_can_resolve_are_one_line_errors():
         dl.log_likelihood(_model(VP), VP, _start(VP, n=3), atol=1e-300)
     assert bool(torch.isfinite(dl.sample(_model(VP), VP, "ode_rk45", steps=5, x_T=x32)).all())
     assert bool(torch.isfinite(dl.exact_solution(_model(VP), VP, x32)).all())
+
+
+@pytest.mark.parametrize("sigma_max", [1e15, 1e30])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ve_samples_at_the_largest_sigma_max_it_accepts(sigma_max, dtype):
+    """The last step from σ̃ = σ_max to σ_min ended at σ_max + (σ_min − σ_max), which rounds to 0 (a math domain
+    error); in float32 a stage that overflowed was blamed on the model. Data N(0, I): E[ε | x] = σ x/(1 + σ²)."""
+    process = dl.VESDE(sigma_max=sigma_max)
+
+    def gaussian_eps(x, t):
+        s = process.sigma(t.double())[:, None]
+        return (x.double() * (s / (1 + s * s))).to(x.dtype)
+
+    x_T = process.prior_sample((400, 2), torch.Generator().manual_seed(0), dtype=dtype)
+    x = dl.sample(lambda x, t: torch.zeros_like(x), process, "ode_rk45", steps=5, x_T=x_T)
+    assert torch.equal(x, x_T)  # ε̂ = 0: the state never moves
+    x = dl.sample(gaussian_eps, process, "ode_rk45", steps=5, x_T=x_T)
+    assert abs(float(x.double().std()) - 1) < 0.1
+
+
+def test_ve_refuses_a_sigma_ratio_beyond_float32():
+    """σ(t) = σ_min (σ_max/σ_min)^t: a ratio beyond float32's range made σ̃(t_max) infinite."""
+    with pytest.raises(UserError, match="sigma_max/sigma_min <= 3.4e"):
+        dl.VESDE(sigma_min=1e-300, sigma_max=1e30)
+    dl.VESDE(sigma_min=1e30 / 3.4e38, sigma_max=1e30)

@@ -51,6 +51,12 @@ def _rms(x: Tensor) -> Tensor:
     return x.pow(2).mean().sqrt()
 
 
+def _advance(t: float, h: float, direction: float, t1: float) -> float:
+    """t + direction·h, or t1 itself for the step that reaches it: t + (t1 − t) need not round to t1, and where
+    |t| ≫ |t1| (VE's σ̃ from 1e15 down to 0.01) it rounds to 0, a σ̃ whose log-SNR is infinite."""
+    return t1 if h >= abs(t1 - t) else t + direction * h
+
+
 def _min_step(t: float) -> float:
     """The shortest step that moves t: ten units in the last place, as in scipy's RK45; a step rejected below it
     means the tolerances ask for more than floating point can give."""
@@ -88,17 +94,19 @@ def _usable(h: float, rtol: float, atol: float, dtype: torch.dtype) -> float:
     return h
 
 
-def _initial_step(fun, t0, y0, f0, direction, rtol, atol, interval) -> float:
+def _initial_step(fun, t0, t1, y0, f0, rtol, atol) -> float:
     """Starting step size of Hairer et al. (II.4, algorithm on p. 169), as in scipy; never longer than the
-    ``interval`` to integrate, so that ``fun`` is only called inside it (a short interval near σ̃ = 0 would
+    interval to integrate, so that ``fun`` is only called inside it (a short interval near σ̃ = 0 would
     otherwise probe a negative σ̃)."""
+    direction, interval = (1.0 if t1 >= t0 else -1.0), abs(t1 - t0)
     scale = atol + y0.abs() * rtol
     d0, d1 = _rms(y0 / scale), _rms(f0 / scale)
     h0 = _usable(1e-6 if d0 < 1e-5 or d1 < 1e-5 else float(0.01 * d0 / d1), rtol, atol, y0.dtype)
     h0 = min(h0, interval)
     y1 = y0 + direction * h0 * f0
-    f1 = fun(t0 + direction * h0, y1)
-    _check_finite(t0 + direction * h0, y1, [f1])
+    t_probe = _advance(t0, h0, direction, t1)
+    f1 = fun(t_probe, y1)
+    _check_finite(t_probe, y1, [f1])
     d2 = float(_rms((f1 - f0) / scale)) / h0
     h1 = max(1e-6, h0 * 1e-3) if max(float(d1), d2) <= 1e-15 else (0.01 / max(float(d1), d2)) ** (1 / 5)
     return _usable(min(100 * h0, h1, interval), rtol, atol, y0.dtype)
@@ -126,7 +134,7 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
     f = fun(t, y)
     _check_finite(t, y, [f])
     nfe, steps, rejected = 1, 0, 0
-    h = _initial_step(fun, t, y, f, direction, rtol, atol, abs(t1 - t))
+    h = _initial_step(fun, t, t1, y, f, rtol, atol)
     nfe += 1
     while direction * (t1 - t) > 1e-12 * max(1.0, abs(t1)):
         if steps + rejected >= max_steps:
@@ -134,19 +142,23 @@ def dopri5(fun: Callable[[float, Tensor], Tensor], t0: float, t1: float, y0: Ten
                             "ODE is too stiff for these tolerances: loosen rtol/atol, or check the model")
         h = min(max(h, _min_step(t)), abs(t1 - t))
         dh = direction * h
-        k = [f]
+        t_new = _advance(t, h, direction, t1)
+        k, states = [f], [y]
         for i in range(1, 6):
-            k.append(fun(t + dh * _C[i], y + dh * sum(a * kj for a, kj in zip(_A[i], k) if a != 0.0)))
+            states.append(y + dh * sum(a * kj for a, kj in zip(_A[i], k) if a != 0.0))
+            k.append(fun(t + dh * _C[i] if _C[i] < 1 else t_new, states[-1]))
         y_new = y + dh * sum(b * kj for b, kj in zip(_A[6], k) if b != 0.0)
-        k.append(fun(t + dh, y_new))  # first-same-as-last: this is f at the next step's start
+        states.append(y_new)
+        k.append(fun(t_new, y_new))  # first-same-as-last: this is f at the next step's start
         nfe += 6
         err = dh * sum(e * kj for e, kj in zip(_E, k) if e != 0.0)
         scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
         err_norm = float(_rms(err / scale))
-        if not math.isfinite(err_norm):  # shrinking the step cannot help if the model returned NaN/inf
-            _check_finite(t, y, k)
+        if not math.isfinite(err_norm) and all(bool(torch.isfinite(s).all()) for s in states):
+            _check_finite(t, y, k)  # finite states, non-finite slopes: no shorter step helps (an overflowed
+            # stage state, as in a float32 state of VE's σ_max = 1e30 stepped at once to σ_min, is rejected)
         if err_norm <= 1.0:
-            t, y, f = t + dh, y_new, k[6]
+            t, y, f = t_new, y_new, k[6]
             steps += 1
             if on_step is not None:
                 on_step(t, y)

@@ -86,6 +86,11 @@ class SubVPSDE(VPSDE):
         return 2 * self.sigma(t) * torch.exp(2 * self.log_alpha(t)) * self.beta(t)
 
 
+# σ(t) = σ_min (σ_max/σ_min)^t is computed in the state's dtype: a ratio beyond float32's range made σ(t_max)
+# infinite in float32 (and beyond float64's, in the solver's float64 clock σ̃ too).
+_MAX_SIGMA_RATIO = float(torch.finfo(torch.float32).max)
+
+
 class VESDE(Process):
     """dx = sqrt(dσ²/dt) dW with α = 1 and σ(t) = σ_min (σ_max/σ_min)^t (Song et al. 2021, eq. 30).
 
@@ -98,6 +103,9 @@ class VESDE(Process):
         self.t_min = check_range("VESDE t_min", t_min, 0.0, 1.0, open_low=True)
         if self.sigma_max <= self.sigma_min:
             raise UserError(f"VESDE needs sigma_min < sigma_max, got {self.sigma_min:g} >= {self.sigma_max:g}")
+        if self.sigma_max / self.sigma_min > _MAX_SIGMA_RATIO:
+            raise UserError(f"VESDE needs sigma_max/sigma_min <= {_MAX_SIGMA_RATIO:.1e}, got {self.sigma_max:g}/"
+                            f"{self.sigma_min:g}: raise sigma_min or lower sigma_max")
         if self.t_min >= 1.0:
             raise UserError(f"VESDE t_min must be below t_max = 1, got {self.t_min:g}")
         self.prior_std = self.sigma_max
