@@ -365,3 +365,21 @@ def test_ve_refuses_a_sigma_ratio_beyond_float32():
     with pytest.raises(UserError, match="sigma_max/sigma_min <= 3.4e"):
         dl.VESDE(sigma_min=1e-300, sigma_max=1e30)
     dl.VESDE(sigma_min=1e30 / 3.4e38, sigma_max=1e30)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_a_model_that_ignores_its_input_has_divergence_zero(trace):
+    """ε̂ = 0: autograd refused the graph-less output. Then y = x/α never moves and log p(x) = log N(x_T) +
+    D log(α(T)/α(t_min)) with x_T = x α(T)/α(t_min)."""
+    x = _start(VP, n=3)
+    ll = dl.log_likelihood(lambda x, t: torch.zeros_like(x), VP, x, trace=trace)
+    t_lo, t_hi = (torch.tensor(t, dtype=torch.float64) for t in (VP.t_min, VP.t_max))
+    ratio = VP.alpha(t_hi) / VP.alpha(t_lo)
+    torch.testing.assert_close(ll, VP.prior_log_prob(x * ratio) + 2 * torch.log(ratio), rtol=0, atol=1e-4)
+
+
+def test_nan_in_the_likelihoods_data_is_blamed_on_the_data():
+    x = _start(VP, n=3)
+    x[1, 0] = float("nan")
+    with pytest.raises(UserError, match="x contains NaN or inf"):
+        dl.log_likelihood(_model(VP), VP, x)

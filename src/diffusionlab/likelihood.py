@@ -41,6 +41,15 @@ from .solvers import dopri5
 PROBES = ("rademacher", "gaussian")
 
 
+def _grad(out: Tensor, x: Tensor, retain_graph: bool = False) -> Tensor:
+    """∂out/∂x by autograd, zeros where out does not depend on x: a model that ignores its input (a constant ε̂)
+    has divergence 0, and autograd refuses an output without a graph."""
+    if not out.requires_grad:
+        return torch.zeros_like(x)
+    (g,) = torch.autograd.grad(out, x, retain_graph=retain_graph, allow_unused=True)
+    return torch.zeros_like(x) if g is None else g
+
+
 def _divergence_exact(v_fn, x: Tensor) -> tuple[Tensor, Tensor]:
     """(v, ∇·v) with the trace of ∂v/∂x from one vector–Jacobian product per dimension."""
     with torch.enable_grad():
@@ -49,7 +58,7 @@ def _divergence_exact(v_fn, x: Tensor) -> tuple[Tensor, Tensor]:
         flat_v = v.reshape(x.shape[0], -1)
         div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         for d in range(flat_v.shape[1]):
-            (g,) = torch.autograd.grad(flat_v[:, d].sum(), x, retain_graph=d + 1 < flat_v.shape[1])
+            g = _grad(flat_v[:, d].sum(), x, retain_graph=d + 1 < flat_v.shape[1])
             div = div + g.reshape(x.shape[0], -1)[:, d]
     return v.detach(), div
 
@@ -59,7 +68,7 @@ def _divergence_hutchinson(v_fn, x: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         v = v_fn(x)
-        (g,) = torch.autograd.grad((v * z).sum(), x)
+        g = _grad((v * z).sum(), x)
     return v.detach(), (g * z).reshape(x.shape[0], -1).sum(dim=1)
 
 
@@ -84,6 +93,8 @@ def log_likelihood(model, process, x: Tensor, prediction: str = "eps", *, trace:
     if not (isinstance(x, Tensor) and x.is_floating_point() and x.ndim >= 1 and len(x) >= 1):
         raise UserError("log_likelihood needs x as a floating-point tensor of shape (n, ...) with n >= 1, got "
                         f"{type(x).__name__} {getattr(x, 'dtype', '')} {tuple(getattr(x, 'shape', ()))}")
+    if not bool(torch.isfinite(x).all()):  # else the solver blames the model for the data's NaN
+        raise UserError("log_likelihood: x contains NaN or inf; remove or fix those points of the data")
     probes = check_count("probes", probes, 1)
     rtol = check_range("rtol", rtol, 0.0, 1.0, open_low=True)
     atol = check_range("atol", atol, 0.0, 1.0, open_low=True)
