@@ -383,3 +383,11 @@ def test_nan_in_the_likelihoods_data_is_blamed_on_the_data():
     x[1, 0] = float("nan")
     with pytest.raises(UserError, match="x contains NaN or inf"):
         dl.log_likelihood(_model(VP), VP, x)
+
+
+def test_a_shape_that_disagrees_with_x_T_is_refused():
+    """Both given: the samples silently followed x_T."""
+    x_T = _start(VP, n=4)
+    with pytest.raises(UserError, match=r"shape=\(3, 2\) disagrees with x_T of shape \(4, 2\)"):
+        dl.sample(_model(VP), VP, "ddim", steps=5, shape=(3, 2), x_T=x_T)
+    assert dl.sample(_model(VP), VP, "ddim", steps=5, shape=[4, 2], x_T=x_T).shape == (4, 2)

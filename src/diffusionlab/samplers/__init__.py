@@ -123,6 +123,8 @@ def sample(model, process, sampler: str = "ancestral", steps: int | None = None,
                         f"(got {type(x_T).__name__} {getattr(x_T, 'dtype', '')} {tuple(getattr(x_T, 'shape', ()))})")
     elif not bool(torch.isfinite(x_T).all()):
         raise UserError("x_T contains NaN or inf; start from finite noise")
+    elif shape is not None and not (isinstance(shape, (tuple, list, torch.Size)) and tuple(shape) == x_T.shape):
+        raise UserError(f"shape={shape!r} disagrees with x_T of shape {tuple(x_T.shape)}: give only one of them")
     grid_kind = grid
     if isinstance(grid, str):
         grid = time_grid(process, steps if steps is not None else process.default_steps(), grid)
