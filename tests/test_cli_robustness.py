@@ -429,3 +429,26 @@ def test_eval_refuses_data_stored_unlike_the_runs(runs, tmp_path, capsys):
     one_line_error(code, err, "256 levels", "continuous values")
     code, out, err = run_cli(capsys, "eval", runs["images"], "--data", runs["root"] / "two_channels.npy", "--n", 4)
     assert code == 0, err
+
+
+def test_a_run_trained_from_python_without_a_run_config_is_named_as_such(tmp_path, capsys):
+    """``train(..., run_config={})`` (the README's Python example) holds weights but no way to rebuild the model:
+    the CLI said the checkpoint was damaged."""
+    from diffusionlab.nets import MLP
+    from diffusionlab.objectives import DenoisingLoss
+    from diffusionlab.training import TrainConfig, train
+
+    data = torch.randn(32, 2)
+    train(MLP(dim=2, hidden=8, depth=1), DenoisingLoss(dl_ddpm()), data,
+          TrainConfig(steps=2, batch_size=8, lr=1e-3, seed=0, checkpoint_every=2, log_every=1, warmup_steps=0),
+          tmp_path / "py",
+          run_config={}, progress=False)
+    code, _, err = run_cli(capsys, "sample", tmp_path / "py", "--n", 2, "--out", tmp_path / "x.npy")
+    one_line_error(code, err, "no run config", "trained from Python", "load_checkpoint")
+    assert not (tmp_path / "x.npy").exists()
+
+
+def dl_ddpm():
+    import diffusionlab as dl
+
+    return dl.DDPM(T=20)

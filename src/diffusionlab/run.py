@@ -182,6 +182,11 @@ def load_run(run_dir: str | Path, ema: bool = True) -> Run:
     """Rebuild the model of ``run_dir`` from its checkpoint (EMA weights unless ``ema=False``)."""
     ckpt = load_checkpoint(run_dir)
     config = ckpt.config
+    missing = [key for key in ("network", "process", "prediction", "dataset") if key not in config]
+    if missing:  # e.g. dl.train(..., run_config={}): the weights are there, but not how to rebuild the model
+        raise UserError(f"the checkpoint in {run_dir} has no run config ({', '.join(missing)} missing): it was "
+                        "trained from Python without one; load its weights into your network with "
+                        "diffusionlab.training.load_checkpoint (or pass a full run_config when training)")
     try:
         model = build_model(config)
         state = ckpt.ema_state if ema and ckpt.ema_state else ckpt.model_state
