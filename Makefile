@@ -5,6 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
+# Where plain PyPI would resolve a CUDA build: make TORCH_INDEX=https://download.pytorch.org/whl/cpu ...
+TORCH_INDEX ?=
 export TMPDIR := $(CURDIR)/.cache/tmp
 export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 
@@ -13,7 +15,7 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.cache/inductor
 $(VENV)/.installed: pyproject.toml
 	@mkdir -p $(TMPDIR)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e .
 	@touch $@
 
