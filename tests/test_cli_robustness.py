@@ -438,17 +438,13 @@ def test_a_run_trained_from_python_without_a_run_config_is_named_as_such(tmp_pat
     from diffusionlab.objectives import DenoisingLoss
     from diffusionlab.training import TrainConfig, train
 
+    import diffusionlab as dl
+
     data = torch.randn(32, 2)
-    train(MLP(dim=2, hidden=8, depth=1), DenoisingLoss(dl_ddpm()), data,
+    train(MLP(dim=2, hidden=8, depth=1), DenoisingLoss(dl.DDPM(T=20)), data,
           TrainConfig(steps=2, batch_size=8, lr=1e-3, seed=0, checkpoint_every=2, log_every=1, warmup_steps=0),
           tmp_path / "py",
           run_config={}, progress=False)
     code, _, err = run_cli(capsys, "sample", tmp_path / "py", "--n", 2, "--out", tmp_path / "x.npy")
     one_line_error(code, err, "no run config", "trained from Python", "load_checkpoint")
     assert not (tmp_path / "x.npy").exists()
-
-
-def dl_ddpm():
-    import diffusionlab as dl
-
-    return dl.DDPM(T=20)

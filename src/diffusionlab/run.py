@@ -93,6 +93,7 @@ def read_config_file(path: str) -> dict:
 
 # The sections a config file may set, and their types (``dataset`` is derived from the data, not set).
 SECTIONS = {"data": dict, "process": dict, "prediction": str, "objective": dict, "network": dict, "train": dict}
+DATA_KEYS = ("spec", "seed", "test_fraction")  # what the data section may set
 
 
 def check_overrides(overrides, path: str) -> dict:
@@ -114,7 +115,6 @@ def check_overrides(overrides, path: str) -> dict:
     return overrides
 
 
-DATA_KEYS = ("spec", "seed", "test_fraction")
 # The objective's options for each loss (``loss`` itself aside); a run config always holds the simple loss's
 # defaults, so the ELBO tolerates them at their default values only.
 OBJECTIVE_KEYS = {"simple": ("weighting", "time_sampling"), "elbo": ("variance", "time_sampling")}
