@@ -363,8 +363,17 @@ def test_ve_samples_at_the_largest_sigma_max_it_accepts(sigma_max, dtype):
 def test_ve_refuses_a_sigma_ratio_beyond_float32():
     """σ(t) = σ_min (σ_max/σ_min)^t: a ratio beyond float32's range made σ̃(t_max) infinite."""
     with pytest.raises(UserError, match="sigma_max/sigma_min <= 3.4e"):
-        dl.VESDE(sigma_min=1e-300, sigma_max=1e30)
+        dl.VESDE(sigma_min=1e-10, sigma_max=1e30)
     dl.VESDE(sigma_min=1e30 / 3.4e38, sigma_max=1e30)
+
+
+def test_ve_refuses_a_sigma_min_that_float32_flushes_to_zero():
+    """σ_min = 1e-300 (with σ_max = 1e-290, a ratio float32 can hold) gave σ(t) = 0 at every t in float32."""
+    with pytest.raises(UserError, match="sigma_min must be at least 1.1e-19"):
+        dl.VESDE(sigma_min=1e-300, sigma_max=1e-290)
+    process = dl.VESDE(sigma_min=1.1e-19, sigma_max=1e-10)
+    sigma = process.sigma(torch.tensor([0.0, 1.0]))
+    assert bool((sigma ** 2 > 0).all())
 
 
 @pytest.mark.parametrize("trace", ["exact", "hutchinson"])

@@ -89,6 +89,8 @@ class SubVPSDE(VPSDE):
 # σ(t) = σ_min (σ_max/σ_min)^t is computed in the state's dtype: a ratio beyond float32's range made σ(t_max)
 # infinite in float32 (and beyond float64's, in the solver's float64 clock σ̃ too).
 _MAX_SIGMA_RATIO = float(torch.finfo(torch.float32).max)
+# σ_min below √(float32's smallest normal) made σ(t)² (and, further down, σ(t) itself) flush to 0 in float32.
+_MIN_SIGMA = math.sqrt(float(torch.finfo(torch.float32).tiny))
 
 
 class VESDE(Process):
@@ -101,6 +103,9 @@ class VESDE(Process):
         self.sigma_min = check_range("VESDE sigma_min", sigma_min, 0.0, 1e30, open_low=True)
         self.sigma_max = check_range("VESDE sigma_max", sigma_max, 0.0, 1e30, open_low=True)
         self.t_min = check_range("VESDE t_min", t_min, 0.0, 1.0, open_low=True)
+        if self.sigma_min < _MIN_SIGMA:
+            raise UserError(f"VESDE sigma_min must be at least {_MIN_SIGMA:.2g} (so that sigma^2 stays a normal "
+                            f"float32 number), got {self.sigma_min:g}")
         if self.sigma_max <= self.sigma_min:
             raise UserError(f"VESDE needs sigma_min < sigma_max, got {self.sigma_min:g} >= {self.sigma_max:g}")
         if self.sigma_max / self.sigma_min > _MAX_SIGMA_RATIO:
