@@ -100,12 +100,9 @@ class VESDE(Process):
     """
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, t_min: float = 1e-5):
-        self.sigma_min = check_range("VESDE sigma_min", sigma_min, 0.0, 1e30, open_low=True)
+        self.sigma_min = check_range("VESDE sigma_min", sigma_min, _MIN_SIGMA, 1e30)
         self.sigma_max = check_range("VESDE sigma_max", sigma_max, 0.0, 1e30, open_low=True)
         self.t_min = check_range("VESDE t_min", t_min, 0.0, 1.0, open_low=True)
-        if self.sigma_min < _MIN_SIGMA:
-            raise UserError(f"VESDE sigma_min must be at least {_MIN_SIGMA:.2g} (so that sigma^2 stays a normal "
-                            f"float32 number), got {self.sigma_min:g}")
         if self.sigma_max <= self.sigma_min:
             raise UserError(f"VESDE needs sigma_min < sigma_max, got {self.sigma_min:g} >= {self.sigma_max:g}")
         if self.sigma_max / self.sigma_min > _MAX_SIGMA_RATIO:
