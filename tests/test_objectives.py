@@ -64,6 +64,21 @@ def test_t_from_log_snr_inverts_log_snr(process):
     torch.testing.assert_close(process.t_from_log_snr(process.log_snr(t)), t, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("process", [dl.VPSDE(), dl.SubVPSDE(), dl.VESDE(), dl.DDPM()], ids=lambda p: type(p).__name__)
+def test_t_from_log_snr_is_the_inverse_on_all_of_0_t_max_and_clamps_beyond(process):
+    # below t_min too (t_min is where samplers stop, not where the process ends), and the same clamping for the
+    # closed forms (VP, VE, DDPM) as for bisection (sub-VP): VP and VE used to extrapolate to t > 1 and t < 0
+    t = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64) * process.t_min
+    torch.testing.assert_close(process.t_from_log_snr(process.log_snr(t)), t, rtol=1e-9, atol=0)
+    lam_end, lam_start = (float(v) for v in process.log_snr(torch.tensor([process.t_max, process.t_min / 4],
+                                                                        dtype=torch.float64)))
+    beyond = torch.tensor([lam_end - 20.0, lam_end - 1e-3, 1e3], dtype=torch.float64)
+    assert lam_start < 1e3
+    out = process.t_from_log_snr(beyond)
+    assert out[0] == process.t_max and out[1] == process.t_max, out
+    assert 0.0 <= float(out[2]) < process.t_min / 4, out
+
+
 def test_uniform_time_sampling_on_ddpm_is_on_the_grid():
     g = torch.Generator().manual_seed(2)
     process = dl.DDPM(T=20)

@@ -84,10 +84,11 @@ class Process:
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
 
     def t_from_log_snr(self, lam: Tensor, iters: int = 100) -> Tensor:
-        """Inverse of λ(t) on [t_min, t_max] by bisection (λ is monotone). Subclasses may override with a
-        closed form; bisection to 100 halvings is exact to float64 precision."""
+        """Inverse of λ(t) on the whole time domain [0, t_max] by bisection (λ is monotone); a λ beyond
+        λ(t_max) or above every λ(t) gives t_max or 0. Subclasses may override with a closed form, clamped to the
+        same domain; bisection to 100 halvings is exact to float64 precision."""
         lam = torch.as_tensor(lam, dtype=torch.float64)
-        lo = torch.full_like(lam, self.t_min)
+        lo = torch.zeros_like(lam)
         hi = torch.full_like(lam, self.t_max)
         for _ in range(iters):
             mid = (lo + hi) / 2

@@ -18,9 +18,10 @@ def linear_betas(T: int, beta_start: float | None = None, beta_end: float | None
     """β_t linear from ``beta_start`` to ``beta_end`` (Ho et al. 2020, §4: 1e-4 to 0.02 for T = 1000).
 
     Endpoints that are not given default to 1e-4·(1000/T) and 0.02·(1000/T), as in Nichol & Dhariwal's
-    code: the same continuous-time schedule β(t) for every T, so that ᾱ_T ≈ 4e-5 and the chain reaches the
-    N(0, I) prior for any T (diffusers keeps 1e-4 → 0.02 for every T instead; with T = 100 that leaves
-    ᾱ_T = 0.36). Endpoints that are given are taken as they are. Defaults are capped at 0.999 (T < 50).
+    code: the same continuous-time schedule β(t) for every T, so that the chain reaches the N(0, I) prior for
+    any T (ᾱ_T = 4.0e-5 at T = 1000, 2.0e-5 at T = 100, 7.7e-6 at T = 50; diffusers keeps 1e-4 → 0.02 for every
+    T instead, which with T = 100 leaves ᾱ_T = 0.36). Endpoints that are given are taken as they are. Defaults
+    are capped at 0.999 (which bites for T ≤ 20: β_end = 0.02·1000/T > 0.999).
     """
     scale = 1000.0 / T
     beta_start = min(1e-4 * scale, 0.999) if beta_start is None else beta_start

@@ -20,7 +20,7 @@ class VPSDE(Process):
 
     log α(t) = −¼ t² (β_max − β_min) − ½ t β_min,  σ(t)² = 1 − α(t)².
     With the defaults (0.1, 20) it is the T → ∞ limit of DDPM's linear schedule 1e-4 → 0.02 at T = 1000
-    (β_i = β(i/T)/T). Sampling stops at t_min = 1e-3, as in Song et al.
+    (β_i = β((i − 1)/(T − 1))/T, i = 1 … T). Sampling stops at t_min = 1e-3, as in Song et al.
     """
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, t_min: float = 1e-3):
@@ -54,13 +54,15 @@ class VPSDE(Process):
         return -0.5 * self.beta(t)
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        """Closed-form inverse of λ(t): α² = sigmoid(λ), and ½Δβ t² + β_min t + log sigmoid(λ) = 0."""
+        """Closed-form inverse of λ(t): α² = sigmoid(λ), and ½Δβ t² + β_min t + log sigmoid(λ) = 0 (clamped to
+        [0, t_max], like ``Process.t_from_log_snr``)."""
         log_a2 = torch.nn.functional.logsigmoid(torch.as_tensor(lam, dtype=torch.float64))
         delta = self.beta_max - self.beta_min
         if delta == 0:  # constant β: log α² = −β t
-            return -log_a2 / self.beta_min
-        # the root in the form without cancellation: t = −2 log α² / (β_min + sqrt(β_min² − 2Δβ log α²))
-        return -2 * log_a2 / (self.beta_min + torch.sqrt(self.beta_min**2 - 2 * delta * log_a2))
+            t = -log_a2 / self.beta_min
+        else:  # the root in the form without cancellation: t = −2 log α² / (β_min + sqrt(β_min² − 2Δβ log α²))
+            t = -2 * log_a2 / (self.beta_min + torch.sqrt(self.beta_min**2 - 2 * delta * log_a2))
+        return t.clamp(0.0, self.t_max)
 
     def d_sigma2(self, t: Tensor) -> Tensor:
         # σ² = 1 − α²  ⇒  dσ²/dt = −2 α² d log α/dt = α² β(t); then g² = β(t) as in the lecture.
@@ -125,9 +127,10 @@ class VESDE(Process):
         return torch.zeros_like(torch.as_tensor(t))
 
     def t_from_log_snr(self, lam: Tensor) -> Tensor:
-        """Closed-form inverse of λ(t) = −2 log σ(t)."""
-        sigma = torch.exp(-0.5 * torch.as_tensor(lam, dtype=torch.float64))
-        return torch.log(sigma / self.sigma_min) / math.log(self.sigma_max / self.sigma_min)
+        """Closed-form inverse of λ(t) = −2 log σ(t), clamped to [0, t_max] like ``Process.t_from_log_snr``."""
+        log_sigma = -0.5 * torch.as_tensor(lam, dtype=torch.float64)
+        t = (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(0.0, self.t_max)
 
     def d_sigma2(self, t: Tensor) -> Tensor:
         return 2 * self.sigma(t) ** 2 * math.log(self.sigma_max / self.sigma_min)
