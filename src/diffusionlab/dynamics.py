@@ -27,14 +27,18 @@ def reverse_sde_drift(denoiser, process, x: Tensor, t) -> Tensor:
     return bcast(process.f(t), x) * x - bcast(process.g2(t), x) * score
 
 
-def probability_flow(denoiser, process, x: Tensor, t) -> Tensor:
+def probability_flow(denoiser, process, x: Tensor, t, *, from_above: bool = False) -> Tensor:
     """dx/dt of the probability-flow ODE: f(t) x − ½ g(t)² ∇log p_t(x) = f(t) x + ½ g(t)² ε̂/σ(t).
 
     Its solutions carry p_T to p_0 with the same marginals as the SDE (Song et al. 2021, §4.3).
+    ``from_above=True`` takes f and g² as their limits from above at t (``process.coefficient_time_above``):
+    the velocity at the *end* of a reverse-time step that arrives at t. It differs from the value at t only
+    where β(t) jumps at t (DDPM's piecewise-constant β, whose value at a grid time is the interval below it).
     """
     t = as_time(t, x.shape[0], like=x)
     eps = denoiser(x, t).eps
-    return bcast(process.f(t), x) * x + bcast(0.5 * process.g2(t) / process.sigma(t), x) * eps
+    tc = process.coefficient_time_above(t) if from_above else t
+    return bcast(process.f(tc), x) * x + bcast(0.5 * process.g2(tc) / process.sigma(t), x) * eps
 
 
 def noise_to_signal(process, t) -> float:

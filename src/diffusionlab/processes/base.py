@@ -79,6 +79,11 @@ class Process:
         """The forward SDE's diffusion coefficient g(t)."""
         return self.g2(t).clamp(min=0).sqrt()
 
+    def coefficient_time_above(self, t: Tensor) -> Tensor:
+        """A time whose f and g² are their limits from above at t: t itself, where they are continuous.
+        (A process with jumps in β(t), DDPM, returns a time inside the piece just above t.)"""
+        return t
+
     def log_snr(self, t: Tensor) -> Tensor:
         """λ(t) = log(α²/σ²), the log signal-to-noise ratio; decreasing in t."""
         return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))

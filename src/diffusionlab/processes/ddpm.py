@@ -122,6 +122,14 @@ class DDPM(Process):
         tol = max(1e-6, step_roundoff(self.T, t.dtype)) if t.is_floating_point() else 0.0
         return slopes[torch.ceil(t * self.T - tol).clamp(1, self.T).long() - 1]
 
+    def coefficient_time_above(self, t: Tensor) -> Tensor:
+        """(i + ½)/T, the middle of the β interval (i/T, (i + 1)/T] just above t (i = ⌊tT⌋, with the round-off
+        tolerance of ``_interval_slope``, so a grid time i/T gives interval i + 1, not its own interval i)."""
+        tw = _wide(t)
+        tol = max(1e-6, step_roundoff(self.T, tw.dtype))
+        i = torch.floor(tw * self.T + tol).clamp(0, self.T - 1)
+        return _like((i + 0.5) / self.T, t)
+
     def alpha(self, t: Tensor) -> Tensor:
         return _like(torch.exp(0.5 * self._log_alpha_bar_at(t)), t)
 

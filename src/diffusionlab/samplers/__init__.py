@@ -11,13 +11,15 @@ that takes the state from grid[0] to grid[−1]; ``sample`` is the one entry poi
 | ``ode_heun``          | probability-flow ODE, Heun (2nd order)                  | 2K − 1                     |
 | ``ode_rk45``          | probability-flow ODE, adaptive Dormand–Prince 5(4)      | adaptive (``rtol``/``atol``) |
 | ``dpmpp_2m``          | DPM-Solver++(2M), x̂₀ form in λ (Lu et al. 2022b Alg. 2) | K                          |
-| ``dpmpp_3m``          | DPM-Solver++(3M), third-order multistep                 | K                          |
+| ``dpmpp_3m``          | DPM-Solver++(3M), 3-step multistep (authors' weights*)  | K                          |
 | ``dpmpp_2m_sde``      | SDE-DPM-Solver++(2M), midpoint form                     | K                          |
 | ``unipc``             | UniPC-2 (bh2) predictor + free corrector (Zhao et al.)  | K                          |
 | ``edm_heun``          | EDM Alg. 2 (Heun + S_churn) in σ̃ = σ/α (Karras et al.)  | 2K − 1                     |
 | ``fitted_multistep``  | linear multistep, coefficients fitted to the model      | K                          |
 
 The counts include the final denoising call x̂₀(x_{t_min}, t_min) that ``sample`` makes by default.
+(*) ``dpmpp_3m`` keeps the coefficients of the authors' code and diffusers, which weight the quadratic term of
+x̂₀(λ) by half: it converges with order 2, not 3 (see ``dpm_solver.dpmpp_update``).
 ``optimize_grid`` (``tuning.py``) fits the K times of a deterministic sampler to a model; pass its ``.grid``.
 ``fit_multistep`` (``fitted.py``) fits the coefficients of ``fitted_multistep`` on a grid; pass its ``.grid`` and
 ``coefficients=`` its ``.coefficients``.

@@ -19,13 +19,17 @@ def ode_euler(denoiser, process, x, grid, *, generator=None, callback=None):
 
 def ode_heun(denoiser, process, x, grid, *, generator=None, callback=None):
     """Heun's method (explicit trapezoidal rule), 2nd order:
-    x' = x_t + h v(x_t, t);  x_s = x_t + h/2 (v(x_t, t) + v(x', s)),  h = s − t. NFE = 2(steps − 1) (+1)."""
+    x' = x_t + h v(x_t, t);  x_s = x_t + h/2 (v(x_t, t) + v(x', s)),  h = s − t. NFE = 2(steps − 1) (+1).
+
+    v(x', s) takes the drift and diffusion coefficients of the side of s that the step crossed (their limit
+    from above): on DDPM, whose β(t) jumps at every grid time, the value at s belongs to the interval below s,
+    and using it stalled the error at ~1.5e-3 (first order) however many steps were taken."""
 
     def step(x, t, s):
         h = s - t
         v = probability_flow(denoiser, process, x, t)
         x_pred = x + h * v
-        return x + 0.5 * h * (v + probability_flow(denoiser, process, x_pred, s))
+        return x + 0.5 * h * (v + probability_flow(denoiser, process, x_pred, s, from_above=True))
 
     return integrate(step, x, grid, callback)
 
