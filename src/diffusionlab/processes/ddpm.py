@@ -110,24 +110,27 @@ class DDPM(Process):
         i = i0.long()
         return table[i] + (u - i0) * increments[i]
 
+    def _interval_tolerance(self, t: Tensor) -> float:
+        """How far (in steps) t·T may sit from a grid time i/T and still be read as it when an interval of β is
+        looked up: 1e-6 steps, or 8 ulps of T in t's dtype when that is coarser (a float32 grid time 999/1000 is
+        999.0000129 steps); 0 for integer times."""
+        return max(1e-6, step_roundoff(self.T, t.dtype)) if t.is_floating_point() else 0.0
+
     def _interval_slope(self, t: Tensor) -> Tensor:
         """d log ᾱ/dt = T·log(1 − β_i) on the interval ((i−1)/T, i/T] that ends at or after t.
 
-        A grid time i/T belongs to interval i, the one a reverse-time step from i/T crosses. The tolerance
-        keeps round-off in t·T from selecting the next interval: 1e-6 steps, or 8 ulps of T in t's dtype when
-        that is coarser (a float32 grid time 999/1000 is 999.0000129 steps).
+        A grid time i/T belongs to interval i, the one a reverse-time step from i/T crosses; the tolerance
+        (``_interval_tolerance``) keeps round-off in t·T from selecting the next interval.
         """
         t = _wide(t)
         _, slopes, _ = self._tables(t)
-        tol = max(1e-6, step_roundoff(self.T, t.dtype)) if t.is_floating_point() else 0.0
-        return slopes[torch.ceil(t * self.T - tol).clamp(1, self.T).long() - 1]
+        return slopes[torch.ceil(t * self.T - self._interval_tolerance(t)).clamp(1, self.T).long() - 1]
 
     def coefficient_time_above(self, t: Tensor) -> Tensor:
-        """(i + ½)/T, the middle of the β interval (i/T, (i + 1)/T] just above t (i = ⌊tT⌋, with the round-off
-        tolerance of ``_interval_slope``, so a grid time i/T gives interval i + 1, not its own interval i)."""
+        """(i + ½)/T, the middle of the β interval (i/T, (i + 1)/T] just above t (i = ⌊tT⌋ within the same
+        tolerance as ``_interval_slope``, so a grid time i/T gives interval i + 1, not its own interval i)."""
         tw = _wide(t)
-        tol = max(1e-6, step_roundoff(self.T, tw.dtype))
-        i = torch.floor(tw * self.T + tol).clamp(0, self.T - 1)
+        i = torch.floor(tw * self.T + self._interval_tolerance(tw)).clamp(0, self.T - 1)
         return _like((i + 0.5) / self.T, t)
 
     def alpha(self, t: Tensor) -> Tensor:
